@@ -1,0 +1,95 @@
+"""Argument checks shared by every backend.
+
+``torch.nn.functional.layer_norm`` is the specification: the same arguments are
+accepted, and what it rejects is rejected here too, with a message that names
+the argument and the shapes involved. The checks work on plain shapes and dtype
+names so that NumPy arrays and torch tensors go through the same code.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+
+#: Floating dtypes a backend accepts, mapped to the dtype it computes in.
+#: Half-precision inputs are computed in float32 and rounded back once at the end.
+COMPUTE_DTYPE = {
+    "float16": "float32",
+    "bfloat16": "float32",
+    "float32": "float32",
+    "float64": "float64",
+}
+
+
+def dtype_name(dtype: object) -> str:
+    """``'float32'`` for ``np.float32``, ``np.dtype('float32')`` and ``torch.float32`` alike."""
+    return str(dtype).removeprefix("torch.")
+
+
+def as_normalized_shape(normalized_shape: int | Sequence[int]) -> tuple[int, ...]:
+    """Return ``normalized_shape`` as a tuple; an int ``n`` means ``(n,)``, as in ``nn.LayerNorm``."""
+    dims = (normalized_shape,) if isinstance(normalized_shape, numbers.Integral) else normalized_shape
+    try:
+        dims = tuple(dims)
+    except TypeError:
+        raise TypeError(
+            f"normalized_shape must be an int or a sequence of ints, got {normalized_shape!r}"
+        ) from None
+    if not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) for d in dims):
+        raise TypeError(f"normalized_shape must contain only ints, got {normalized_shape!r}")
+    if not dims:
+        raise ValueError("normalized_shape must name at least one dimension, got ()")
+    if any(d < 0 for d in dims):
+        raise ValueError(f"normalized_shape must not be negative, got {dims}")
+    return tuple(int(d) for d in dims)
+
+
+def check_shapes(
+    x_shape: Sequence[int],
+    normalized_shape: tuple[int, ...],
+    weight_shape: Sequence[int] | None,
+    bias_shape: Sequence[int] | None,
+) -> None:
+    """Raise ``ValueError`` unless ``x`` ends in ``normalized_shape`` and weight/bias have exactly that shape."""
+    x_shape = tuple(x_shape)
+    if len(normalized_shape) > len(x_shape) or x_shape[len(x_shape) - len(normalized_shape):] != normalized_shape:
+        raise ValueError(
+            f"normalized_shape={normalized_shape} must match the trailing dimensions of the input, "
+            f"but the input has shape {x_shape}"
+        )
+    for name, shape in (("weight", weight_shape), ("bias", bias_shape)):
+        if shape is not None and tuple(shape) != normalized_shape:
+            raise ValueError(
+                f"{name} must have shape normalized_shape={normalized_shape}, got {name} of shape {tuple(shape)}"
+            )
+
+
+def check_eps(eps: float) -> float:
+    """``eps`` is added to the variance: it must be a finite number ≥ 0 (a negative one can make ``var + eps`` negative)."""
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"eps must be a real number, got {eps!r}")
+    if not (math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"eps must be finite and >= 0, got {eps!r}")
+    return float(eps)
+
+
+def compute_dtype(x_dtype: object, weight_dtype: object | None, bias_dtype: object | None) -> str:
+    """Check the dtypes and return the name of the dtype the statistics are computed in.
+
+    The input must be floating point. Weight and bias have the input's dtype, or
+    float32 when the input is float16/bfloat16 (mixed precision, as torch allows).
+    """
+    x_name = dtype_name(x_dtype)
+    if x_name not in COMPUTE_DTYPE:
+        raise TypeError(
+            f"layer_norm needs a floating-point input ({', '.join(COMPUTE_DTYPE)}), got dtype {x_name}"
+        )
+    allowed = {x_name, COMPUTE_DTYPE[x_name]}
+    for name, dtype in (("weight", weight_dtype), ("bias", bias_dtype)):
+        if dtype is not None and dtype_name(dtype) not in allowed:
+            raise TypeError(
+                f"{name} has dtype {dtype_name(dtype)}, but an input of dtype {x_name} "
+                f"needs {' or '.join(sorted(allowed))} parameters"
+            )
+    return COMPUTE_DTYPE[x_name]

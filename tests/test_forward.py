@@ -1,0 +1,133 @@
+"""The forward pass of every backend agrees with torch.nn.functional.layer_norm."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import BACKENDS, DTYPES
+
+
+@st.composite
+def layer_norm_cases(draw: st.DrawFn, dtypes: tuple[torch.dtype, ...]) -> dict:
+    """An input, its normalized_shape in one of its accepted spellings, optional weight/bias, and eps."""
+    batch_shape = draw(st.lists(st.integers(0, 4), max_size=2))
+    normalized_shape = tuple(draw(st.lists(st.integers(1, 9), min_size=1, max_size=3)))
+    if draw(st.booleans()):  # one long row: reductions that block or tree-sum kick in
+        normalized_shape = (draw(st.integers(1, 3000)),)
+    dtype = draw(st.sampled_from(dtypes))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    scale = draw(st.sampled_from([1e-3, 1.0, 1e3]))
+    offset = draw(st.sampled_from([0.0, 1.0, -10.0])) * scale
+    shape = (*batch_shape, *normalized_shape)
+
+    def tensor(shape: tuple[int, ...], loc: float, spread: float) -> torch.Tensor:
+        return torch.from_numpy(rng.normal(loc, spread, size=shape)).to(dtype)
+
+    spelling = draw(st.sampled_from(["tuple", "list", "size", "int"]))
+    if spelling == "int" and len(normalized_shape) == 1:
+        given_shape = normalized_shape[0]
+    else:
+        given_shape = {"tuple": tuple, "list": list, "size": torch.Size, "int": tuple}[spelling](normalized_shape)
+    param_dtype_is_float32 = dtype in (torch.float16, torch.bfloat16) and draw(st.booleans())
+    param = (lambda t: t.float()) if param_dtype_is_float32 else (lambda t: t)
+    return dict(
+        x=tensor(shape, offset, scale),
+        normalized_shape=given_shape,
+        weight=param(tensor(normalized_shape, 1.0, 0.5)) if draw(st.booleans()) else None,
+        bias=param(tensor(normalized_shape, 0.0, 1.0)) if draw(st.booleans()) else None,
+        eps=draw(st.sampled_from([1e-12, 1e-5, 1e-3, 1.0])),
+    )
+
+
+def torch_layer_norm(case: dict, in_float64: bool = False) -> torch.Tensor:
+    """``torch.nn.functional.layer_norm`` on a case; ``in_float64``: computed in float64, rounded once to the input dtype."""
+    x = case["x"]
+    ndim = 1 if isinstance(case["normalized_shape"], int) else len(case["normalized_shape"])
+
+    def cast(t: torch.Tensor | None) -> torch.Tensor | None:
+        return t.double() if in_float64 and t is not None else t
+
+    y = F.layer_norm(cast(x), x.shape[x.dim() - ndim:], cast(case["weight"]), cast(case["bias"]), case["eps"])
+    return y.to(x.dtype)
+
+
+@pytest.mark.parametrize("backend_name", sorted(BACKENDS))
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_matches_torch_layer_norm(backend_name: str, data: st.DataObject) -> None:
+    case = data.draw(layer_norm_cases(DTYPES[backend_name]))
+    y = BACKENDS[backend_name](**case)
+    assert y.dtype == case["x"].dtype and y.shape == case["x"].shape
+    # Against the exact answer rounded to the dtype, within torch.testing's per-dtype tolerances.
+    # (Not against torch's kernel in the input's dtype: on tiny-variance rows it is the less accurate of the two.)
+    torch.testing.assert_close(y, torch_layer_norm(case, in_float64=True))
+
+
+@pytest.mark.parametrize("shape", [(50, 768), (4, 3, 16), (1, 1)])
+def test_matches_torch_kernel_on_typical_inputs(layer_norm, backend_name: str, shape: tuple[int, ...]) -> None:
+    generator = torch.Generator().manual_seed(0)
+    for dtype in DTYPES[backend_name]:
+        x = torch.randn(shape, generator=generator).to(dtype)
+        weight, bias = torch.rand(shape[-1:], generator=generator).to(dtype), torch.randn(shape[-1:]).to(dtype)
+        torch.testing.assert_close(layer_norm(x, shape[-1], weight, bias), F.layer_norm(x, shape[-1:], weight, bias))
+
+
+def test_input_is_not_modified(layer_norm, backend_name: str) -> None:
+    for dtype in DTYPES[backend_name]:
+        x = torch.randn(6, 5, generator=torch.Generator().manual_seed(0)).to(dtype) + 3
+        x_t = x.t()  # non-contiguous too
+        before, before_t = x.clone(), x_t.clone()
+        layer_norm(x, 5)
+        layer_norm(x_t.contiguous() if backend_name == "numpy" else x_t, 6)
+        assert torch.equal(x, before) and torch.equal(x_t, before_t)
+
+
+def test_non_contiguous_input(layer_norm) -> None:
+    x = torch.randn(7, 5, generator=torch.Generator().manual_seed(1)).t()
+    torch.testing.assert_close(layer_norm(x, (7,)), F.layer_norm(x, (7,)))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_nan_and_inf_poison_only_their_row(layer_norm, bad: float) -> None:
+    x = torch.tensor([[1.0, 2.0, 4.0], [1.0, bad, 3.0], [0.5, -1.0, 2.0]])
+    y, expected = layer_norm(x, 3), F.layer_norm(x, (3,))
+    assert torch.isnan(y[1]).all() and torch.isnan(expected[1]).all()
+    torch.testing.assert_close(y[[0, 2]], expected[[0, 2]])
+
+
+@pytest.mark.parametrize("shape, normalized_shape", [((0, 4), (4,)), ((3, 0), (0,)), ((2, 0, 5), (5,)), ((0,), (0,))])
+def test_empty_inputs_give_empty_outputs(layer_norm, backend_name, shape, normalized_shape) -> None:
+    for dtype in DTYPES[backend_name]:
+        x = torch.empty(shape, dtype=dtype)
+        y = layer_norm(x, normalized_shape)
+        assert y.shape == x.shape and y.dtype == dtype
+
+
+def test_one_element_rows_are_zero_plus_bias(layer_norm) -> None:
+    x = torch.tensor([[3.0], [-1e3], [0.0]])
+    bias = torch.tensor([0.25])
+    y = layer_norm(x, 1, torch.tensor([2.0]), bias)
+    torch.testing.assert_close(y, F.layer_norm(x, (1,), torch.tensor([2.0]), bias))
+    assert torch.equal(y, torch.full((3, 1), 0.25))
+
+
+def test_constant_rows_normalize_to_zero(layer_norm) -> None:
+    x = torch.full((2, 64), 7.25)
+    assert torch.equal(layer_norm(x, 64), torch.zeros(2, 64))
+
+
+def test_huge_constant_rows_normalize_to_zero_where_torch_kernel_overflows(layer_norm) -> None:
+    # torch's float32 kernel squares the inputs themselves and gets inf - inf = NaN; centring first avoids it.
+    x = torch.full((1, 2), 1e20)
+    assert torch.isnan(F.layer_norm(x, (2,))).all()
+    assert torch.equal(layer_norm(x, 2), F.layer_norm(x.double(), (2,)).float())
+
+
+def test_eps_zero_on_a_constant_row_gives_nan_like_torch(layer_norm) -> None:
+    x = torch.ones(1, 4)
+    assert torch.isnan(layer_norm(x, 4, eps=0.0)).all() and torch.isnan(F.layer_norm(x, (4,), eps=0.0)).all()

@@ -1,9 +1,21 @@
-"""Mean and variance of the rows of an array.
+"""Mean and variance of the rows of an array, by the classic algorithms.
 
-The functions here work on NumPy arrays and torch tensors alike: they only use
-``.mean(axis=..., keepdims=...)`` and arithmetic, which both libraries provide.
-Rows are the last axis; every statistic keeps that axis (length 1) so it
-broadcasts back against the rows.
+Rows are the last axis. Every function here works on NumPy arrays and torch
+tensors alike (it uses only ``.mean(axis=-1, keepdims=True)``, slicing and
+arithmetic), keeps the row axis with length 1 so that the statistics broadcast
+back against the rows, and computes in the input's own dtype, so that its
+rounding errors can be studied in float32.
+
+The error bounds in the docstrings are first-order bounds on the relative error
+of the variance for rows of length ``N`` in a precision with unit roundoff
+``u`` (float32: 2**-24), in terms of the condition number
+
+    kappa = sqrt(1 + mean**2 / var),
+
+which is about ``|mean| / std`` for rows far from zero mean (Chan, Golub &
+LeVeque 1983; Higham 2002, §1.9 and problem 1.10). Sums here are the
+libraries' own (NumPy's pairwise summation, torch's cascade summation), whose
+error grows like ``log2(N) u`` rather than ``N u``.
 """
 
 from __future__ import annotations
@@ -13,22 +25,121 @@ from typing import TypeVar
 Array = TypeVar("Array")  # a numpy.ndarray or a torch.Tensor
 
 
-def shifted_two_pass(rows: Array) -> tuple[Array, Array, Array]:
-    """Mean, biased variance and centred rows by the shifted (corrected) two-pass algorithm.
+def _mean(rows: Array) -> Array:
+    return rows.mean(axis=-1, keepdims=True)
 
-    With ``m1 = mean(x)`` rounded to working precision, ``d = x - m1`` is
-    computed almost exactly (exactly, by Sterbenz's lemma, when ``x`` and ``m1``
-    are within a factor of two), so the rounding error of ``m1`` no longer
-    matters once it is removed again: ``m2 = mean(d)`` is that small error, and
 
-        centred = (x - m1) - m2,      var = mean(centred**2),      mean = m1 + m2.
+def one_pass(rows: Array) -> tuple[Array, Array]:
+    """The textbook formula var = E[x²] - E[x]², in one pass over the data.
 
-    ``m2`` is the correction term of Chan, Golub & LeVeque's corrected two-pass
-    algorithm; the variance never cancels catastrophically, unlike E[x²] - E[x]².
+    Error bound: about ``N u kappa**2``. Both terms are about ``mean**2`` and
+    their difference can lose every digit, even come out negative: never use
+    it for rows far from zero mean.
     """
-    m1 = rows.mean(axis=-1, keepdims=True)
+    mean = _mean(rows)
+    return mean, _mean(rows * rows) - mean * mean
+
+
+def two_pass(rows: Array) -> tuple[Array, Array]:
+    """Mean first, then the mean of squared deviations: var = E[(x - E[x])²].
+
+    Error bound: about ``N u + (N u kappa)**2``. Far better than
+    :func:`one_pass`, but the rounding error of the mean still enters every
+    deviation, which matters once ``N u kappa`` is not small.
+    """
+    mean = _mean(rows)
+    centred = rows - mean
+    return mean, _mean(centred * centred)
+
+
+def welford(rows: Array) -> tuple[Array, Array]:
+    """Welford's updating algorithm: one sequential pass, one element at a time.
+
+    For each new element ``x_k``: ``delta = x_k - mean``,
+    ``mean += delta / k``, ``M2 += delta * (x_k - mean)``; var = M2 / N.
+    Error bound: about ``N u kappa``. It needs only one pass over the data,
+    which is why GPU and CPU kernels use it, but it is sequential (a Python
+    loop over the row here: slow, and meant for study).
+    """
+    mean = rows[..., :1] * 0
+    m2 = rows[..., :1] * 0
+    for k in range(rows.shape[-1]):
+        value = rows[..., k : k + 1]
+        delta = value - mean
+        mean = mean + delta / (k + 1)
+        m2 = m2 + delta * (value - mean)
+    return mean, m2 / rows.shape[-1]
+
+
+def _merge(count_a, mean_a, m2_a, count_b, mean_b, m2_b):
+    """Chan, Golub & LeVeque's formula for the statistics of two groups joined."""
+    count = count_a + count_b
+    delta = mean_b - mean_a
+    mean = mean_a + delta * (count_b / count)
+    m2 = m2_a + m2_b + delta * delta * (count_a * count_b / count)
+    return count, mean, m2
+
+
+def pairwise(rows: Array) -> tuple[Array, Array]:
+    """Pairwise (tree) merging of (count, mean, M2) with Chan et al.'s formula.
+
+    Every element starts as a group of one; neighbouring groups merge level by
+    level until one group is left, so each element takes part in about
+    ``log2(N)`` merges. Error bound: about ``log2(N) u kappa``. This is how
+    parallel kernels combine the partial statistics of their threads.
+    """
+    count, mean, m2 = rows * 0 + 1, rows, rows * 0
+    while mean.shape[-1] > 1:
+        width = mean.shape[-1]
+        even = width - width % 2
+        left = [t[..., 0:even:2] for t in (count, mean, m2)]
+        right = [t[..., 1:even:2] for t in (count, mean, m2)]
+        merged = _merge(*left, *right)
+        if width % 2:  # the odd group out joins the last merged group
+            last = [t[..., -1:] for t in merged]
+            odd = [t[..., -1:] for t in (count, mean, m2)]
+            for target, value in zip(merged, _merge(*last, *odd)):
+                target[..., -1:] = value
+        count, mean, m2 = merged
+    return mean, m2 / count
+
+
+def centre(rows: Array) -> tuple[Array, Array]:
+    """Rows minus their mean, computed as ``(x - m1) - m2``; returns ``(centred, mean)``.
+
+    ``m1 = mean(x)`` carries a rounding error of about ``u |m1|``, which the
+    plain ``x - m1`` would pass on to every element. But ``x - m1`` itself is
+    computed almost exactly (exactly, by Sterbenz's lemma, when ``x`` and ``m1``
+    are within a factor of two), so the mean of the result, ``m2``, *is* that
+    error, and subtracting it as well leaves deviations accurate to a few ``u``
+    relative to the row's spread rather than to its mean. ``m2`` is the
+    correction term of Chan, Golub & LeVeque's corrected two-pass algorithm.
+    """
+    m1 = _mean(rows)
     centred = rows - m1  # a new array: the caller's rows are never modified
-    m2 = centred.mean(axis=-1, keepdims=True)
+    m2 = _mean(centred)
     centred -= m2
-    var = (centred * centred).mean(axis=-1, keepdims=True)
-    return m1 + m2, var, centred
+    return centred, m1 + m2
+
+
+def shifted_two_pass(rows: Array) -> tuple[Array, Array]:
+    """The corrected two-pass algorithm: :func:`centre`, then the mean of squares.
+
+    Error bound: about ``N u + N u (N u kappa)**2``: the mean offset no longer
+    matters until ``N u kappa`` approaches 1 (with pairwise sums, ``log2(N)``
+    in place of ``N``).
+    """
+    centred, mean = centre(rows)
+    return mean, _mean(centred * centred)
+
+
+def standardize(rows: Array, eps: float) -> Array:
+    """LayerNorm without the affine part: ``(x - mean) / sqrt(var + eps)`` per row.
+
+    The statistics are those of :func:`shifted_two_pass`; the result is a new
+    array, in the dtype of ``rows``.
+    """
+    centred, _ = centre(rows)
+    var = _mean(centred * centred)
+    centred *= (var + eps) ** -0.5
+    return centred

@@ -1,7 +1,6 @@
 """LayerNorm in PyTorch, written with tensor operations.
 
-The same algorithm as :mod:`lnorm.numpy` (shifted two-pass statistics from
-:mod:`lnorm.moments`) and the semantics of ``torch.nn.functional.layer_norm``.
+The same algorithm as :mod:`lnorm.numpy` (:func:`lnorm.moments.standardize`) and the semantics of ``torch.nn.functional.layer_norm``.
 It runs on any device torch supports; weight and bias must be on the input's device.
 """
 
@@ -45,8 +44,7 @@ def layer_norm(
         return torch.empty_like(x)
 
     rows = x.reshape(-1, x.shape[-len(normalized_shape):].numel()).to(work_dtype)
-    _, var, centred = moments.shifted_two_pass(rows)
-    y = centred * torch.rsqrt(var + eps)
+    y = moments.standardize(rows, eps)
     if weight is not None:
         y = y * weight.reshape(-1).to(work_dtype)
     if bias is not None:

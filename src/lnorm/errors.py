@@ -1,0 +1,131 @@
+"""Measuring error: distances between a computed result and a reference.
+
+Every chapter reports error the same way, through :func:`compare`. The
+*reference* should be far more accurate than the result it judges:
+
+- :func:`reference_layer_norm` computes in float64. For float32 or
+  half-precision inputs that is enough: its own error, a few float64 units
+  (2**-53 ≈ 1.1e-16) relative to the output, is about 1e-9 of a float32 unit,
+  and the shifted algorithm keeps it there at any mean offset.
+- :func:`exact_layer_norm` computes in mpmath with many more digits and rounds
+  once at the end. Use it to judge float64 results, and to check the float64
+  reference itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mpmath
+import numpy as np
+
+import lnorm.numpy
+
+_INT_OF_FLOAT = {np.dtype(np.float16): np.int16, np.dtype(np.float32): np.int32, np.dtype(np.float64): np.int64}
+
+
+def as_numpy(a: object) -> np.ndarray:
+    """A NumPy view or copy of an array or (CPU or GPU, bfloat16 too) torch tensor."""
+    if hasattr(a, "detach"):  # a torch tensor; NumPy has no bfloat16, so widen it exactly to float32
+        a = a.detach().cpu()
+        if str(a.dtype) == "torch.bfloat16":
+            a = a.float()
+        return a.numpy()
+    return np.asarray(a)
+
+
+def machine_epsilon(a: object) -> float:
+    """Machine epsilon of the array's dtype: the gap between 1 and the next float, 2u."""
+    dtype = str(a.dtype).removeprefix("torch.")
+    return {"bfloat16": 2.0**-7}.get(dtype) or float(np.finfo(np.dtype(dtype)).eps)
+
+
+def max_abs_error(actual: object, expected: object) -> float:
+    """max |actual - expected|, computed in float64."""
+    return float(np.max(np.abs(as_numpy(actual).astype(np.float64) - as_numpy(expected).astype(np.float64)), initial=0.0))
+
+
+def max_rel_error(actual: object, expected: object) -> float:
+    """max |actual - expected| / |expected| over the elements where expected is not zero."""
+    a, e = as_numpy(actual).astype(np.float64), as_numpy(expected).astype(np.float64)
+    nonzero = e != 0
+    return float(np.max(np.abs(a[nonzero] - e[nonzero]) / np.abs(e[nonzero]), initial=0.0))
+
+
+def eps_units(actual: object, expected: object) -> float:
+    """max |actual - expected| in units of eps(actual's dtype) × max |expected|.
+
+    A normwise measure: 1 means an error the size of one rounding of the
+    largest output. It stays meaningful for outputs near zero, where a
+    relative error does not.
+    """
+    scale = float(np.max(np.abs(as_numpy(expected).astype(np.float64)), initial=0.0))
+    if scale == 0.0:
+        return 0.0 if max_abs_error(actual, expected) == 0.0 else float("inf")
+    return max_abs_error(actual, expected) / (machine_epsilon(actual) * scale)
+
+
+def ulp_distance(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """How many representable numbers of actual's dtype lie between actual and expected (rounded to that dtype).
+
+    0 means equal after rounding, 1 means neighbours. Defined for float16, float32 and float64.
+    """
+    actual = np.asarray(actual)
+    dtype = actual.dtype
+    if dtype not in _INT_OF_FLOAT:
+        raise TypeError(f"ulp_distance needs float16, float32 or float64 arrays, got {dtype}")
+    ints = _INT_OF_FLOAT[dtype]
+
+    def ordered(a: np.ndarray) -> np.ndarray:
+        # Reinterpret the bits as integers that count floats in order: for negative
+        # floats the sign-magnitude bit pattern runs backwards, so reflect it.
+        bits = np.ascontiguousarray(a, dtype=dtype).view(ints).astype(np.int64)
+        return np.where(bits < 0, np.iinfo(ints).min - bits, bits)
+
+    return np.abs(ordered(actual) - ordered(np.asarray(expected).astype(dtype)))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The error of ``actual`` against ``expected`` in the measures above."""
+
+    dtype: str
+    max_abs: float
+    max_rel: float
+    eps_units: float
+
+    def __str__(self) -> str:
+        return (
+            f"{self.dtype}: max abs error {self.max_abs:.2e}, max rel error {self.max_rel:.2e}, "
+            f"{self.eps_units:.3g} eps x max|expected|"
+        )
+
+
+def compare(actual: object, expected: object) -> Comparison:
+    """One report of how far ``actual`` is from ``expected``; every chapter uses it."""
+    return Comparison(
+        dtype=str(actual.dtype).removeprefix("torch."),
+        max_abs=max_abs_error(actual, expected),
+        max_rel=max_rel_error(actual, expected),
+        eps_units=eps_units(actual, expected),
+    )
+
+
+def reference_layer_norm(x: object, normalized_shape, weight: object = None, bias: object = None, eps: float = 1e-5) -> np.ndarray:
+    """LayerNorm of the exact input values, computed in float64 (see the module docstring for when that suffices)."""
+
+    def wide(a: object) -> np.ndarray | None:
+        return None if a is None else as_numpy(a).astype(np.float64)
+
+    return lnorm.numpy.layer_norm(wide(x), normalized_shape, wide(weight), wide(bias), eps)
+
+
+def exact_layer_norm(row: object, eps: float = 1e-5, digits: int = 60) -> np.ndarray:
+    """LayerNorm of one row, computed with ``digits`` decimal digits in mpmath and rounded once to float64."""
+    with mpmath.workdps(digits):
+        values = [mpmath.mpf(float(v)) for v in as_numpy(row).astype(np.float64).ravel()]
+        n = len(values)
+        mean = mpmath.fsum(values) / n
+        var = mpmath.fsum((v - mean) ** 2 for v in values) / n
+        rstd = 1 / mpmath.sqrt(var + mpmath.mpf(eps))
+        return np.array([float((v - mean) * rstd) for v in values])

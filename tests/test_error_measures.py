@@ -1,0 +1,52 @@
+"""lnorm.errors: the error measures and references every chapter uses."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lnorm import errors
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_ulp_distance_counts_representable_numbers(dtype) -> None:
+    x = np.array([1.0, -1.0, 0.0, 1e-3], dtype=dtype)
+    up = np.nextafter(x, np.array(np.inf, dtype=dtype))
+    assert np.array_equal(errors.ulp_distance(x, x), [0, 0, 0, 0])
+    assert np.array_equal(errors.ulp_distance(up, x), [1, 1, 1, 1])
+    assert np.array_equal(errors.ulp_distance(np.nextafter(up, up + 1), x), [2, 2, 2, 2])
+    tiny = np.finfo(dtype).smallest_subnormal
+    assert errors.ulp_distance(np.array([tiny], dtype), np.array([-tiny], dtype)).item() == 2
+    assert errors.ulp_distance(np.array([0.0], dtype), np.array([-0.0], dtype)).item() == 0
+
+
+def test_ulp_distance_rejects_other_dtypes() -> None:
+    with pytest.raises(TypeError, match="float16, float32 or float64"):
+        errors.ulp_distance(np.array([1], dtype=np.int32), np.array([1]))
+
+
+def test_eps_units_and_compare() -> None:
+    expected = np.array([2.0, -1.0, 0.0])
+    actual = (expected + np.array([0.0, 2.0**-22, 0.0])).astype(np.float32)
+    assert errors.machine_epsilon(actual) == 2.0**-23
+    assert errors.eps_units(actual, expected) == pytest.approx(1.0)
+    report = errors.compare(actual, expected)
+    assert report.max_abs == 2.0**-22 and report.max_rel == 2.0**-22 and report.dtype == "float32"
+    assert "float32: max abs error 2.38e-07" in str(report)
+    assert errors.eps_units(np.zeros(3), np.zeros(3)) == 0.0
+
+
+def test_torch_tensors_including_bfloat16_are_measured() -> None:
+    y = torch.tensor([1.0, 2.0], dtype=torch.bfloat16)
+    assert errors.machine_epsilon(y) == 2.0**-7
+    assert errors.max_abs_error(y, np.array([1.0, 2.0])) == 0.0
+
+
+def test_float64_reference_agrees_with_mpmath_at_a_large_offset() -> None:
+    # The float64 reference is good enough to judge float32 results: here, at offset 1e6,
+    # it agrees with a 60-digit computation to about 1e-15 of the output scale.
+    x = np.random.default_rng(0).normal(1e6, 1.0, size=(1, 64)).astype(np.float32)
+    exact = errors.exact_layer_norm(x[0])
+    reference = errors.reference_layer_norm(x, 64)[0]
+    assert np.max(np.abs(reference - exact)) < 1e-14 * np.max(np.abs(exact))

@@ -1,0 +1,98 @@
+"""The mean/variance algorithms of lnorm.moments, and their error bounds, in float32."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lnorm import moments
+
+U32 = 2.0**-24  # float32 unit roundoff
+ALGORITHMS = ["one_pass", "two_pass", "welford", "pairwise", "shifted_two_pass"]
+
+
+def exact_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance of float32 data computed in float64: exact to far below float32 rounding."""
+    x64 = x.astype(np.float64)
+    mean = x64.mean(axis=-1, keepdims=True)
+    return mean, ((x64 - mean) ** 2).mean(axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 13, 100])
+def test_every_algorithm_is_exact_enough_in_float64(name: str, n: int) -> None:
+    x = np.random.default_rng(n).normal(3.0, 2.0, size=(4, n))
+    mean, var = getattr(moments, name)(x)
+    expected_mean, expected_var = exact_moments(x)
+    assert mean.shape == var.shape == (4, 1)
+    np.testing.assert_allclose(mean, expected_mean, rtol=1e-13)
+    np.testing.assert_allclose(var, expected_var, rtol=1e-11, atol=1e-13)
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_torch_tensors_work_too(name: str) -> None:
+    x = np.random.default_rng(0).normal(size=(3, 17))
+    mean, var = getattr(moments, name)(torch.from_numpy(x))
+    expected_mean, expected_var = getattr(moments, name)(x)
+    np.testing.assert_allclose(mean.numpy(), expected_mean, rtol=1e-12)
+    np.testing.assert_allclose(var.numpy(), expected_var, rtol=1e-12)
+
+
+# Each bound is the docstring's, with log2(N) + 1 for N where the libraries' pairwise sums
+# replace recursive summation, and a constant of 1: measured errors stay below a third of it.
+def bound(name: str, n: int, kappa: np.ndarray) -> np.ndarray:
+    levels = np.log2(n) + 1
+    return {
+        "two_pass": U32 * levels + (U32 * levels * kappa) ** 2,
+        "welford": n * U32 * kappa,
+        "pairwise": levels * U32 * kappa,
+        "shifted_two_pass": U32 * levels + U32 * levels * (U32 * levels * kappa) ** 2,
+    }[name]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    name=st.sampled_from(["two_pass", "welford", "pairwise", "shifted_two_pass"]),
+    n=st.integers(2, 400),
+    offset_exponent=st.floats(0, 6),
+    std_exponent=st.floats(-2, 2),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_float32_variance_error_within_bound(name, n, offset_exponent, std_exponent, seed) -> None:
+    x = np.random.default_rng(seed).normal(10.0**offset_exponent, 10.0**std_exponent, size=(3, n))
+    x = x.astype(np.float32)
+    expected_mean, expected_var = exact_moments(x)
+    kappa = np.sqrt(1 + expected_mean**2 / expected_var)
+    _, var = getattr(moments, name)(x)
+    assert var.dtype == np.float32
+    relative_error = np.abs(var.astype(np.float64) - expected_var) / expected_var
+    assert np.all(relative_error <= bound(name, n, kappa))
+
+
+def test_one_pass_loses_every_digit_and_can_go_negative() -> None:
+    # Four numbers near 1e4 with variance 1.25: their squares need 27 bits, float32 keeps 24.
+    x = np.array([[10000.0, 10001.0, 10002.0, 10003.0]], dtype=np.float32)
+    assert moments.one_pass(x)[1].item() == 0.0
+    assert moments.shifted_two_pass(x)[1].item() == 1.25
+    # Rows with variance 1e-4 around 1e4: the one-pass variance is often negative.
+    x = np.random.default_rng(0).normal(1e4, 0.01, size=(1000, 16)).astype(np.float32)
+    assert (moments.one_pass(x)[1] < 0).sum() > 100
+    assert (moments.shifted_two_pass(x)[1] > 0).all()
+
+
+def test_centre_leaves_deviations_accurate_at_a_large_offset() -> None:
+    x = np.random.default_rng(0).normal(1e6, 1.0, size=(8, 1000)).astype(np.float32)
+    centred, _ = moments.centre(x)
+    exact = x.astype(np.float64) - x.astype(np.float64).mean(axis=-1, keepdims=True)
+    assert np.max(np.abs(centred - exact)) <= 4 * U32 * np.max(np.abs(exact))
+
+
+def test_standardize_returns_a_new_array() -> None:
+    x = np.arange(12.0).reshape(3, 4)
+    before = x.copy()
+    y = moments.standardize(x, 1e-5)
+    assert y is not x and np.array_equal(x, before)
+    np.testing.assert_allclose(y.mean(axis=-1), 0, atol=1e-15)

@@ -104,7 +104,7 @@ def pairwise(rows: Array) -> tuple[Array, Array]:
     return mean, m2 / count
 
 
-def centre(rows: Array) -> tuple[Array, Array]:
+def centre(rows: Array, out: Array | None = None) -> tuple[Array, Array]:
     """Rows minus their mean, computed as ``(x - m1) - m2``; returns ``(centred, mean)``.
 
     ``m1 = mean(x)`` carries a rounding error of about ``u |m1|``, which the
@@ -114,9 +114,17 @@ def centre(rows: Array) -> tuple[Array, Array]:
     error, and subtracting it as well leaves deviations accurate to a few ``u``
     relative to the row's spread rather than to its mean. ``m2`` is the
     correction term of Chan, Golub & LeVeque's corrected two-pass algorithm.
+
+    The centred rows are written to ``out`` if given (it may have a wider dtype
+    than ``rows``), else to a new array; ``rows`` is never modified.
     """
     m1 = _mean(rows)
-    centred = rows - m1  # a new array: the caller's rows are never modified
+    if out is None:
+        centred = rows - m1
+    else:
+        centred = out
+        centred[...] = rows
+        centred -= m1
     m2 = _mean(centred)
     centred -= m2
     return centred, m1 + m2
@@ -133,13 +141,20 @@ def shifted_two_pass(rows: Array) -> tuple[Array, Array]:
     return mean, _mean(centred * centred)
 
 
-def standardize(rows: Array, eps: float) -> Array:
+def standardize(rows: Array, eps: float, out: Array | None = None, scratch: Array | None = None) -> Array:
     """LayerNorm without the affine part: ``(x - mean) / sqrt(var + eps)`` per row.
 
-    The statistics are those of :func:`shifted_two_pass`; the result is a new
-    array, in the dtype of ``rows``.
+    The statistics are those of :func:`shifted_two_pass`. The result goes to
+    ``out`` if given, else to a new array; ``scratch``, if given, holds the
+    squared deviations. Passing both (of the rows' shape) makes the call
+    allocate nothing of the rows' size, which is what keeps a blocked loop fast.
     """
-    centred, _ = centre(rows)
-    var = _mean(centred * centred)
-    centred *= (var + eps) ** -0.5
+    centred, _ = centre(rows, out)
+    if scratch is None:
+        squares = centred * centred
+    else:
+        squares = scratch
+        squares[...] = centred
+        squares *= centred
+    centred *= (_mean(squares) + eps) ** -0.5
     return centred

@@ -129,3 +129,17 @@ def exact_layer_norm(row: object, eps: float = 1e-5, digits: int = 60) -> np.nda
         var = mpmath.fsum((v - mean) ** 2 for v in values) / n
         rstd = 1 / mpmath.sqrt(var + mpmath.mpf(eps))
         return np.array([float((v - mean) * rstd) for v in values])
+
+
+def assert_close_normwise(actual: object, expected: object, max_eps_units: float = 4.0) -> None:
+    """Raise ``AssertionError`` unless max|actual - expected| <= max_eps_units × eps × max|expected|.
+
+    The tolerance follows from an error analysis: a normwise bound scales with the
+    largest output, so outputs near zero get the same absolute allowance as the rest.
+    """
+    measured = eps_units(actual, expected)
+    if not measured <= max_eps_units:
+        raise AssertionError(
+            f"error {measured:.3g} eps x max|expected| exceeds the bound of {max_eps_units:g} "
+            f"({compare(actual, expected)})"
+        )

@@ -50,18 +50,22 @@ def layer_norm(
     weight = None if weight is None else weight.reshape(-1).astype(work_dtype)
     bias = None if bias is None else bias.reshape(-1).astype(work_dtype)
     y = np.empty(rows.shape, dtype=x.dtype)
-    # Rows go through in blocks small enough to stay in cache, so that every pass over a
-    # block after the first reads from cache, not memory. The block's working arrays are
-    # allocated once and reused: the output itself when it has the working dtype.
-    block_rows = min(rows.shape[0], max(1, BLOCK_BYTES // (row_length * np.dtype(work_dtype).itemsize)))
+    # Rows go through in blocks small enough to stay in cache: every pass over a
+    # block after the first reads from cache, not memory. The working arrays are
+    # allocated once and reused; for float32 the output itself is one of them.
+    row_bytes = row_length * np.dtype(work_dtype).itemsize
+    block_rows = min(rows.shape[0], max(1, BLOCK_BYTES // row_bytes))
     squares = np.empty((block_rows, row_length), dtype=work_dtype)
     work = None if y.dtype == work_dtype else np.empty_like(squares)
-    # inf - inf in a row holding inf, or 0/0 for a constant row with eps=0, give NaN silently, as in torch.
+    # A row holding inf (inf - inf), or a constant row with eps=0 (0/0),
+    # gives NaN silently, as in torch.
     with np.errstate(invalid="ignore", divide="ignore"):
         for start in range(0, rows.shape[0], block_rows):
             stop = min(start + block_rows, rows.shape[0])
             out = y[start:stop] if work is None else work[: stop - start]
-            block = moments.standardize(rows[start:stop], eps, out=out, scratch=squares[: stop - start])
+            block = moments.standardize(
+                rows[start:stop], eps, out=out, scratch=squares[: stop - start]
+            )
             if weight is not None:
                 block *= weight
             if bias is not None:

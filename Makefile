@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NOTEBOOKS := $(shell find book -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*')
 
-.PHONY: book test unit notebooks lab lock clean
+.PHONY: book test unit notebooks lab bench lock clean
 
 book: $(STAMP)
 	$(BIN)/jupyter-book build . --warningiserror --keep-going
@@ -27,6 +27,11 @@ notebooks: $(STAMP)
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab book
+
+# Measures time and memory on this machine and rewrites the CSV that chapter 5 reads;
+# re-execute book/05-fast-on-the-cpu.ipynb afterwards so that its text and checks see the new numbers.
+bench: $(STAMP)
+	$(BIN)/python -m lnorm.bench --csv book/data/bench-cpu.csv
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

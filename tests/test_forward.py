@@ -9,39 +9,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import BACKENDS, DTYPES
-
-
-@st.composite
-def layer_norm_cases(draw: st.DrawFn, dtypes: tuple[torch.dtype, ...]) -> dict:
-    """An input, its normalized_shape in one of its accepted spellings, optional weight/bias, and eps."""
-    batch_shape = draw(st.lists(st.integers(0, 4), max_size=2))
-    normalized_shape = tuple(draw(st.lists(st.integers(1, 9), min_size=1, max_size=3)))
-    if draw(st.booleans()):  # one long row: reductions that block or tree-sum kick in
-        normalized_shape = (draw(st.integers(1, 3000)),)
-    dtype = draw(st.sampled_from(dtypes))
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    scale = draw(st.sampled_from([1e-3, 1.0, 1e3]))
-    offset = draw(st.sampled_from([0.0, 1.0, -10.0])) * scale
-    shape = (*batch_shape, *normalized_shape)
-
-    def tensor(shape: tuple[int, ...], loc: float, spread: float) -> torch.Tensor:
-        return torch.from_numpy(rng.normal(loc, spread, size=shape)).to(dtype)
-
-    spelling = draw(st.sampled_from(["tuple", "list", "size", "int"]))
-    if spelling == "int" and len(normalized_shape) == 1:
-        given_shape = normalized_shape[0]
-    else:
-        given_shape = {"tuple": tuple, "list": list, "size": torch.Size, "int": tuple}[spelling](normalized_shape)
-    param_dtype_is_float32 = dtype in (torch.float16, torch.bfloat16) and draw(st.booleans())
-    param = (lambda t: t.float()) if param_dtype_is_float32 else (lambda t: t)
-    return dict(
-        x=tensor(shape, offset, scale),
-        normalized_shape=given_shape,
-        weight=param(tensor(normalized_shape, 1.0, 0.5)) if draw(st.booleans()) else None,
-        bias=param(tensor(normalized_shape, 0.0, 1.0)) if draw(st.booleans()) else None,
-        eps=draw(st.sampled_from([1e-12, 1e-5, 1e-3, 1.0])),
-    )
+from conftest import BACKENDS, DTYPES, layer_norm_cases
 
 
 def torch_layer_norm(case: dict, in_float64: bool = False) -> torch.Tensor:

@@ -94,9 +94,36 @@ def test_centre_leaves_deviations_accurate_at_a_large_offset() -> None:
     assert np.max(np.abs(centred - exact)) <= 4 * U32 * np.max(np.abs(exact))
 
 
-def test_standardize_returns_a_new_array() -> None:
+def test_standardize_returns_a_new_array_and_rstd() -> None:
     x = np.arange(12.0).reshape(3, 4)
     before = x.copy()
-    y = moments.standardize(x, 1e-5)
+    y, rstd = moments.standardize(x, 1e-5)
     assert y is not x and np.array_equal(x, before)
     np.testing.assert_allclose(y.mean(axis=-1), 0, atol=1e-15)
+    np.testing.assert_allclose(rstd, 1 / np.sqrt(x.var(axis=-1, keepdims=True) + 1e-5))
+
+
+def test_standardize_into_buffers_allocates_nothing_new() -> None:
+    x = np.random.default_rng(0).normal(size=(4, 8)).astype(np.float16)
+    out, scratch = np.empty((4, 8), np.float32), np.empty((4, 8), np.float32)
+    y, _ = moments.standardize(x, 1e-5, out=out, scratch=scratch)
+    assert y is out
+    np.testing.assert_allclose(y, moments.standardize(x.astype(np.float32), 1e-5)[0])
+
+
+@pytest.mark.parametrize("m", [0, 1, 2, 3, 7, 64, 1000])
+def test_pairwise_column_sum(m: int) -> None:
+    rows = np.random.default_rng(m).normal(size=(m, 5))
+    np.testing.assert_allclose(moments.pairwise_column_sum(rows), rows.sum(axis=0), atol=1e-12)
+    torch_sum = moments.pairwise_column_sum(torch.from_numpy(rows)).numpy()
+    np.testing.assert_allclose(torch_sum, rows.sum(axis=0), atol=1e-12)
+
+
+def test_pairwise_column_sum_error_grows_like_log_m() -> None:
+    # a million float32 rows: recursive summation drifts, the pairwise sum stays within log2(M) u
+    rows = np.random.default_rng(0).uniform(0, 1, size=(1 << 20, 2)).astype(np.float32)
+    exact = rows.astype(np.float64).sum(axis=0)
+    pairwise = moments.pairwise_column_sum(rows).astype(np.float64)
+    recursive = np.cumsum(rows, axis=0)[-1].astype(np.float64)
+    assert np.all(np.abs(pairwise - exact) <= 20 * U32 * exact)
+    assert np.all(np.abs(recursive - exact) > 10 * np.abs(pairwise - exact))

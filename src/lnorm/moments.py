@@ -141,13 +141,16 @@ def shifted_two_pass(rows: Array) -> tuple[Array, Array]:
     return mean, _mean(centred * centred)
 
 
-def standardize(rows: Array, eps: float, out: Array | None = None, scratch: Array | None = None) -> Array:
-    """LayerNorm without the affine part: ``(x - mean) / sqrt(var + eps)`` per row.
+def standardize(
+    rows: Array, eps: float, out: Array | None = None, scratch: Array | None = None
+) -> tuple[Array, Array]:
+    """LayerNorm without the affine part; returns ``(x_hat, rstd)``.
 
-    The statistics are those of :func:`shifted_two_pass`. The result goes to
-    ``out`` if given, else to a new array; ``scratch``, if given, holds the
-    squared deviations. Passing both (of the rows' shape) makes the call
-    allocate nothing of the rows' size, which is what keeps a blocked loop fast.
+    ``x_hat = (x - mean) * rstd`` with ``rstd = 1 / sqrt(var + eps)`` per row,
+    from the statistics of :func:`shifted_two_pass`. ``x_hat`` goes to ``out``
+    if given, else to a new array; ``scratch``, if given, holds the squared
+    deviations. Passing both (of the rows' shape) makes the call allocate
+    nothing of the rows' size, which is what keeps a blocked loop fast.
     """
     centred, _ = centre(rows, out)
     if scratch is None:
@@ -156,5 +159,24 @@ def standardize(rows: Array, eps: float, out: Array | None = None, scratch: Arra
         squares = scratch
         squares[...] = centred
         squares *= centred
-    centred *= (_mean(squares) + eps) ** -0.5
-    return centred
+    rstd = (_mean(squares) + eps) ** -0.5
+    centred *= rstd
+    return centred, rstd
+
+
+def pairwise_column_sum(rows: Array) -> Array:
+    """Sum over the first axis by pairwise (tree) summation: error about ``log2(M) u``.
+
+    NumPy sums along a non-contiguous axis one row after another, whose error
+    grows like ``M u``; summing halves pairwise keeps the gradient of a weight
+    shared by a million rows as accurate as that of a weight shared by a few.
+    """
+    if rows.shape[0] == 0:
+        return rows.sum(axis=0)
+    while rows.shape[0] > 1:
+        half = rows.shape[0] // 2
+        paired = rows[:half] + rows[half : 2 * half]
+        if rows.shape[0] % 2:  # the odd row out joins the last pair
+            paired[-1] += rows[-1]
+        rows = paired
+    return rows[0]

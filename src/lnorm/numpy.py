@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import ArrayLike
 
-from lnorm import moments, validation
+from lnorm import gradients, moments, validation
 
 #: Bytes of working data per block of rows: a share of a typical 1-2 MiB L2 cache.
 BLOCK_BYTES = 1 << 20
@@ -34,15 +34,7 @@ def layer_norm(
     dtype and shape; the input is not modified. A row holding NaN or inf
     gives NaN in that row only.
     """
-    x = np.asarray(x)
-    weight = None if weight is None else np.asarray(weight)
-    bias = None if bias is None else np.asarray(bias)
-    normalized_shape = validation.as_normalized_shape(normalized_shape)
-    validation.check_shapes(x.shape, normalized_shape, _shape(weight), _shape(bias))
-    work_dtype = validation.compute_dtype(x.dtype, _dtype(weight), _dtype(bias))
-    eps = validation.check_eps(eps)
-
-    row_length = int(np.prod(normalized_shape))
+    x, weight, bias, row_length, work_dtype, eps = _checked(x, normalized_shape, weight, bias, eps)
     if x.size == 0:  # no rows, or empty rows: nothing to normalize (and no mean of nothing)
         return np.empty_like(x)
 
@@ -63,7 +55,7 @@ def layer_norm(
         for start in range(0, rows.shape[0], block_rows):
             stop = min(start + block_rows, rows.shape[0])
             out = y[start:stop] if work is None else work[: stop - start]
-            block = moments.standardize(
+            block, _ = moments.standardize(
                 rows[start:stop], eps, out=out, scratch=squares[: stop - start]
             )
             if weight is not None:
@@ -73,6 +65,53 @@ def layer_norm(
             if work is not None:
                 y[start:stop] = block  # rounds once to the input dtype
     return y.reshape(x.shape)
+
+
+def layer_norm_backward(
+    dy: ArrayLike,
+    x: ArrayLike,
+    normalized_shape: int | Sequence[int],
+    weight: ArrayLike | None = None,
+    bias: ArrayLike | None = None,
+    eps: float = 1e-5,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Gradients ``(dx, dweight, dbias)`` of ``layer_norm(x, ...)`` given ``dy = dL/dy``.
+
+    The formulas are in :mod:`lnorm.gradients`. ``dweight`` (``dbias``) is None
+    when ``weight`` (``bias``) is None; each gradient has the dtype and shape of
+    what it is the gradient of. The statistics are recomputed from ``x``.
+    """
+    x, weight, bias, row_length, work_dtype, eps = _checked(x, normalized_shape, weight, bias, eps)
+    dy = np.asarray(dy)
+    validation.check_grad_output(dy.shape, dy.dtype, x.shape, x.dtype)
+    if x.size == 0:  # no rows: no gradient flows to the parameters
+        dweight, dbias = np.zeros(row_length, work_dtype), np.zeros(row_length, work_dtype)
+        dx = np.empty_like(x)
+    else:
+        rows = x.reshape(-1, row_length).astype(work_dtype, copy=False)
+        dy_rows = dy.reshape(-1, row_length).astype(work_dtype, copy=False)
+        weight_row = None if weight is None else weight.reshape(-1).astype(work_dtype)
+        with np.errstate(invalid="ignore", divide="ignore"):  # NaN rows stay NaN, silently
+            x_hat, rstd = moments.standardize(rows, eps)
+            dx, dweight, dbias = gradients.layer_norm_backward_rows(dy_rows, x_hat, rstd, weight_row)
+        dx = dx.reshape(x.shape).astype(x.dtype, copy=False)
+    return (
+        dx,
+        None if weight is None else dweight.reshape(weight.shape).astype(weight.dtype),
+        None if bias is None else dbias.reshape(bias.shape).astype(bias.dtype),
+    )
+
+
+def _checked(x, normalized_shape, weight, bias, eps):
+    """The argument checks shared by forward and backward; returns the arguments as arrays."""
+    x = np.asarray(x)
+    weight = None if weight is None else np.asarray(weight)
+    bias = None if bias is None else np.asarray(bias)
+    normalized_shape = validation.as_normalized_shape(normalized_shape)
+    validation.check_shapes(x.shape, normalized_shape, _shape(weight), _shape(bias))
+    work_dtype = validation.compute_dtype(x.dtype, _dtype(weight), _dtype(bias))
+    eps = validation.check_eps(eps)
+    return x, weight, bias, int(np.prod(normalized_shape)), work_dtype, eps
 
 
 def _shape(a: np.ndarray | None) -> tuple[int, ...] | None:

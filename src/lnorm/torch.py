@@ -1,7 +1,10 @@
-"""LayerNorm in PyTorch, written with tensor operations.
+"""LayerNorm in PyTorch, written with tensor operations, with a hand-derived gradient.
 
-The same algorithm as :mod:`lnorm.numpy` (:func:`lnorm.moments.standardize`) and the semantics of ``torch.nn.functional.layer_norm``.
-It runs on any device torch supports; weight and bias must be on the input's device.
+The same algorithm as :mod:`lnorm.numpy` (:func:`lnorm.moments.standardize`)
+and the semantics of ``torch.nn.functional.layer_norm``. It runs on any device
+torch supports; weight and bias must be on the input's device. It is
+differentiable through :class:`LayerNormFunction`, whose backward pass is the
+formula of :mod:`lnorm.gradients`, not autograd through the forward's operations.
 """
 
 from __future__ import annotations
@@ -9,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch.autograd.function import once_differentiable
 
-from lnorm import moments, validation
+from lnorm import gradients, moments, validation
 
 
 def layer_norm(
@@ -24,7 +28,8 @@ def layer_norm(
 
     float16 and bfloat16 inputs are computed in float32 and rounded once at the
     end; float32 and float64 are computed in their own precision. The result
-    has the input's dtype, shape and device; the input is not modified.
+    has the input's dtype, shape and device; the input is not modified. It is
+    differentiable once in x, weight and bias (a second derivative raises).
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
@@ -37,19 +42,53 @@ def layer_norm(
             raise ValueError(f"{name} is on {param.device} but the input is on {x.device}")
     normalized_shape = validation.as_normalized_shape(normalized_shape)
     validation.check_shapes(x.shape, normalized_shape, _shape(weight), _shape(bias))
-    work_dtype = getattr(torch, validation.compute_dtype(x.dtype, _dtype(weight), _dtype(bias)))
+    validation.compute_dtype(x.dtype, _dtype(weight), _dtype(bias))
     eps = validation.check_eps(eps)
+    return LayerNormFunction.apply(x, weight, bias, normalized_shape, eps)
 
-    if x.numel() == 0:  # no rows, or empty rows: nothing to normalize (and no mean of nothing)
-        return torch.empty_like(x)
 
-    rows = x.reshape(-1, x.shape[-len(normalized_shape):].numel()).to(work_dtype)
-    y = moments.standardize(rows, eps)
-    if weight is not None:
-        y = y * weight.reshape(-1).to(work_dtype)
-    if bias is not None:
-        y = y + bias.reshape(-1).to(work_dtype)
-    return y.reshape(x.shape).to(x.dtype)
+class LayerNormFunction(torch.autograd.Function):
+    """Forward by the shifted two-pass algorithm; backward by the centred formula.
+
+    The forward pass saves ``x_hat`` (in the working dtype) and ``rstd`` for the
+    backward pass: recomputing ``x_hat`` from ``x`` and a saved mean would
+    bring back the mean's rounding error that the forward pass removed.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, normalized_shape, eps):
+        work_dtype = getattr(torch, validation.compute_dtype(x.dtype, _dtype(weight), _dtype(bias)))
+        batch_dims = x.dim() - len(normalized_shape)
+        rows = x.reshape(x.shape[:batch_dims].numel(), x.shape[batch_dims:].numel()).to(work_dtype)
+        x_hat, rstd = moments.standardize(rows, eps)
+        ctx.save_for_backward(x_hat, rstd, None if weight is None else weight.reshape(-1).to(work_dtype))
+        ctx.shapes = (x.shape, x.dtype, _shape(weight), _dtype(weight), _shape(bias), _dtype(bias))
+        # The output is computed in the input's shape (weight and bias broadcast over its
+        # trailing dimensions) so that it is a new tensor, never a view of a saved one.
+        y = x_hat.view(x.shape)
+        if weight is None and bias is None:
+            return y.to(x.dtype, copy=True)
+        if weight is not None:
+            y = y * weight.to(work_dtype)
+        if bias is not None:
+            y = y + bias.to(work_dtype)
+        return y.to(x.dtype)
+
+    @staticmethod
+    @once_differentiable  # x_hat was saved without a graph: a second derivative would be wrong, so it raises
+    def backward(ctx, dy):
+        x_hat, rstd, weight_row = ctx.saved_tensors
+        x_shape, x_dtype, weight_shape, weight_dtype, bias_shape, bias_dtype = ctx.shapes
+        dy_rows = dy.reshape(x_hat.shape).to(x_hat.dtype)
+        dx, dweight, dbias = gradients.layer_norm_backward_rows(dy_rows, x_hat, rstd, weight_row)
+        needs_x, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+        return (
+            dx.reshape(x_shape).to(x_dtype) if needs_x else None,
+            dweight.reshape(weight_shape).to(weight_dtype) if needs_weight else None,
+            dbias.reshape(bias_shape).to(bias_dtype) if needs_bias else None,
+            None,
+            None,
+        )
 
 
 def _shape(t: torch.Tensor | None) -> torch.Size | None:

@@ -93,3 +93,11 @@ def compute_dtype(x_dtype: object, weight_dtype: object | None, bias_dtype: obje
                 f"needs {' or '.join(sorted(allowed))} parameters"
             )
     return COMPUTE_DTYPE[x_name]
+
+
+def check_grad_output(dy_shape: Sequence[int], dy_dtype: object, x_shape: Sequence[int], x_dtype: object) -> None:
+    """The gradient of the output must have the output's shape and dtype (which are the input's)."""
+    if tuple(dy_shape) != tuple(x_shape):
+        raise ValueError(f"dy must have the shape of x, {tuple(x_shape)}, got {tuple(dy_shape)}")
+    if dtype_name(dy_dtype) != dtype_name(x_dtype):
+        raise TypeError(f"dy must have the dtype of x, {dtype_name(x_dtype)}, got {dtype_name(dy_dtype)}")

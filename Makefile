@@ -19,7 +19,7 @@ book: $(STAMP)
 test: unit notebooks book
 
 unit: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q tests -n 2
 
 # nbval re-runs every notebook and compares each cell's output with the stored one.
 notebooks: $(STAMP)

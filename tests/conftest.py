@@ -7,6 +7,9 @@ each backend; the NumPy backend gets NumPy copies of the tensors.
 from __future__ import annotations
 
 import os
+
+# Triton's interpreter runs the kernels on the CPU; it must be on before lnorm.triton is imported.
+os.environ["TRITON_INTERPRET"] = "1"
 from collections.abc import Callable
 
 import numpy as np
@@ -17,6 +20,7 @@ from hypothesis import strategies as st
 
 import lnorm.numpy
 import lnorm.torch
+import lnorm.triton
 
 # In CI the property tests draw the same examples every run, so a red CI always reproduces.
 settings.register_profile("ci", derandomize=True)
@@ -36,12 +40,14 @@ def numpy_backend(x, normalized_shape, weight=None, bias=None, eps=1e-5) -> torc
 BACKENDS: dict[str, Callable[..., torch.Tensor]] = {
     "numpy": numpy_backend,
     "torch": lnorm.torch.layer_norm,
+    "triton": lnorm.triton.layer_norm,
 }
 
 # The dtypes each backend accepts (NumPy has no bfloat16).
 DTYPES = {
     "numpy": (torch.float16, torch.float32, torch.float64),
     "torch": (torch.float16, torch.bfloat16, torch.float32, torch.float64),
+    "triton": (torch.float16, torch.bfloat16, torch.float32, torch.float64),
 }
 
 
@@ -108,4 +114,13 @@ def autograd_backward(forward: Callable[..., torch.Tensor]) -> Callable[..., tup
 BACKWARDS: dict[str, Callable[..., tuple]] = {
     "numpy": numpy_backward,
     "torch": autograd_backward(lnorm.torch.layer_norm),
+    "triton": autograd_backward(lnorm.triton.layer_norm),
 }
+
+
+@pytest.fixture(params=[lnorm.triton.MAX_BLOCK_BYTES, 64], ids=["one-block", "looped"])
+def triton_block_bytes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Runs a Triton test twice: with the default block size, and with blocks of 64 bytes so that
+    even short rows take the kernels' looped path for rows longer than one block."""
+    monkeypatch.setattr(lnorm.triton, "MAX_BLOCK_BYTES", request.param)
+    return request.param

@@ -21,8 +21,11 @@ TARGET = 2.0
 @pytest.mark.parametrize("std", [1.0, 1e-2])
 @pytest.mark.parametrize("offset", [0.0, 1e2, 1e4, 1e6, -1e6])
 @pytest.mark.parametrize("n", [1, 2, 7, 768, 4096, 65536])
-def test_float32_error_within_two_eps_at_any_offset(layer_norm, std: float, offset: float, n: int) -> None:
-    rows = max(2, 65536 // n)
+def test_float32_error_within_two_eps_at_any_offset(
+    layer_norm, backend_name: str, std: float, offset: float, n: int
+) -> None:
+    # Triton's interpreter runs one program per row in Python: fewer rows keep it quick.
+    rows = max(2, (256 if backend_name == "triton" else 65536) // n)
     x = np.random.default_rng(n).normal(offset, std, size=(rows, n)).astype(np.float32)
     reference = errors.reference_layer_norm(x, n)
     x = torch.from_numpy(x)

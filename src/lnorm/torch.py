@@ -31,6 +31,18 @@ def layer_norm(
     has the input's dtype, shape and device; the input is not modified. It is
     differentiable once in x, weight and bias (a second derivative raises).
     """
+    normalized_shape, eps = checked_arguments(x, normalized_shape, weight, bias, eps)
+    return LayerNormFunction.apply(x, weight, bias, normalized_shape, eps)
+
+
+def checked_arguments(
+    x: torch.Tensor,
+    normalized_shape: int | Sequence[int],
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+) -> tuple[tuple[int, ...], float]:
+    """The argument checks of every torch-based backend; returns normalized_shape as a tuple, and eps."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     for name, param in (("weight", weight), ("bias", bias)):
@@ -43,8 +55,7 @@ def layer_norm(
     normalized_shape = validation.as_normalized_shape(normalized_shape)
     validation.check_shapes(x.shape, normalized_shape, _shape(weight), _shape(bias))
     validation.compute_dtype(x.dtype, _dtype(weight), _dtype(bias))
-    eps = validation.check_eps(eps)
-    return LayerNormFunction.apply(x, weight, bias, normalized_shape, eps)
+    return normalized_shape, validation.check_eps(eps)
 
 
 class LayerNormFunction(torch.autograd.Function):

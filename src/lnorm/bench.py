@@ -1,7 +1,8 @@
-"""Benchmark: time and peak memory of the LayerNorm implementations on the CPU.
+"""Benchmark: time, bandwidth and peak memory of the LayerNorm implementations.
 
-    python -m lnorm.bench                      # the table, on the default shapes
-    python -m lnorm.bench --csv results.csv    # and a CSV the book can plot
+    python -m lnorm.bench                            # CPU: the table, on the default shapes
+    python -m lnorm.bench --csv results.csv          # and a CSV the book can plot
+    python -m lnorm.bench --device cuda --csv gpu.csv  # GPU: Triton vs torch, forward and backward
 
 Every implementation runs single-threaded (``torch.set_num_threads(1)``; NumPy's
 element-wise operations and reductions are single-threaded anyway), on float32
@@ -10,6 +11,16 @@ run: the best run is the one least disturbed by the rest of the machine. Peak
 memory is what ``tracemalloc`` sees allocated during one call beyond what
 existed before it (NumPy reports its allocations to tracemalloc; torch does not,
 so its memory is not measured here).
+
+On a GPU (``--device cuda``) it times, for M = 4096 rows and N from 512 to 32768
+in float16, bfloat16 and float32: ``lnorm.triton``, torch's native kernel and
+``torch.compile`` of ``lnorm.torch``, forward and forward+backward, with
+``triton.testing.do_bench`` (which flushes the L2 cache between runs and reports
+the median). Effective bandwidth counts the bytes a LayerNorm must move at the
+least: forward, read x and write y (2 M N elements); forward+backward, that plus
+read x and dy and write dx (5 M N elements); the parameters and the per-row
+statistics are left out (at most 2N + 3M elements). The fraction of peak divides
+by the memory bandwidth the device reports (2 x memory clock x bus width).
 
 This is a measurement, not a test: no assertion depends on the timings.
 """
@@ -21,6 +32,7 @@ import csv
 import datetime
 import platform
 import statistics
+import subprocess
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -31,6 +43,10 @@ import torch.nn.functional as F
 
 import lnorm.numpy
 import lnorm.torch
+
+GPU_ROWS = 4096
+GPU_ROW_LENGTHS = [512, 1024, 2048, 4096, 8192, 16384, 32768]
+GPU_DTYPES = [torch.float16, torch.bfloat16, torch.float32]
 
 SHAPES = [(8192, 4096), (32768, 1024), (131072, 256), (2048, 16384)]
 
@@ -98,12 +114,130 @@ def measure(shapes: list[tuple[int, int]], repeats: int) -> list[dict]:
     return rows
 
 
+def gpu_implementations(compile_torch: bool = True) -> dict[str, Callable]:
+    """The implementations a GPU run compares, each with torch.nn.functional.layer_norm's signature."""
+    import lnorm.triton  # needs triton, and a GPU or the interpreter
+
+    implementations = {
+        "torch.nn.functional": lambda x, n, w, b: F.layer_norm(x, (n,), w, b),
+        "lnorm.triton": lambda x, n, w, b: lnorm.triton.layer_norm(x, n, w, b),
+    }
+    if compile_torch:
+        compiled = torch.compile(lnorm.torch.layer_norm)
+        implementations["torch.compile(lnorm.torch)"] = lambda x, n, w, b: compiled(x, n, w, b)
+    return implementations
+
+
+def cuda_time_ms(run: Callable[[], object]) -> float:
+    """Median milliseconds of ``run`` on the GPU, L2 cache flushed between runs."""
+    import triton.testing
+
+    return float(triton.testing.do_bench(run, return_mode="median"))
+
+
+def peak_bandwidth_gbs(device: torch.device) -> float | None:
+    """The device's theoretical memory bandwidth in GB/s, from its memory clock and bus width."""
+    props = torch.cuda.get_device_properties(device)
+    clock_khz, bus_bits = getattr(props, "memory_clock_rate", 0), getattr(props, "memory_bus_width", 0)
+    return 2 * clock_khz * 1e3 * bus_bits / 8 / 1e9 if clock_khz and bus_bits else None
+
+
+def driver_version() -> str:
+    try:
+        result = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                capture_output=True, text=True, timeout=30)
+        return result.stdout.strip().splitlines()[0] if result.returncode == 0 else "unknown"
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def measure_gpu(
+    device: torch.device,
+    rows: int,
+    row_lengths: list[int],
+    dtypes: list[torch.dtype],
+    implementations: dict[str, Callable],
+    time_ms: Callable[[Callable[[], object]], float],
+    peak_gbs: float | None,
+) -> list[dict]:
+    """Forward and forward+backward times and bandwidths of each implementation, per shape and dtype."""
+    import triton
+
+    common = dict(
+        device=torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
+        driver=driver_version() if device.type == "cuda" else "",
+        torch=torch.__version__, triton=triton.__version__, date=datetime.date.today().isoformat(),
+    )
+    results = []
+    for dtype in dtypes:
+        for n in row_lengths:
+            generator = torch.Generator(device=device).manual_seed(0)
+            x = torch.randn(rows, n, device=device, generator=generator).to(dtype).requires_grad_(True)
+            weight = torch.rand(n, device=device, generator=generator).to(dtype).requires_grad_(True)
+            bias = torch.randn(n, device=device, generator=generator).to(dtype).requires_grad_(True)
+            dy = torch.randn(rows, n, device=device, generator=generator).to(dtype)
+            baseline = {}
+            for name, layer_norm in implementations.items():
+                def forward(layer_norm=layer_norm):
+                    with torch.no_grad():
+                        return layer_norm(x, n, weight, bias)
+
+                def forward_backward(layer_norm=layer_norm):
+                    return torch.autograd.grad(layer_norm(x, n, weight, bias), (x, weight, bias), dy)
+
+                for pass_name, run, elements in [("forward", forward, 2), ("forward+backward", forward_backward, 5)]:
+                    ms = time_ms(run)
+                    baseline.setdefault(pass_name, ms)
+                    gbs = elements * rows * n * x.element_size() / (ms * 1e-3) / 1e9
+                    results.append(dict(
+                        implementation=name, pass_=pass_name, dtype=str(dtype).removeprefix("torch."),
+                        rows=rows, row_length=n, ms=round(ms, 4), bytes=elements * rows * n * x.element_size(),
+                        gbytes_per_s=round(gbs, 1),
+                        fraction_of_peak=round(gbs / peak_gbs, 3) if peak_gbs else "",
+                        speedup_vs_torch=round(baseline[pass_name] / ms, 3), peak_gbytes_per_s=peak_gbs or "",
+                        **common,
+                    ))
+    return results
+
+
+def print_gpu_table(results: list[dict]) -> None:
+    print(f"{'implementation':<28}{'pass':<18}{'dtype':<10}{'N':>7}{'ms':>9}{'GB/s':>8}{'peak':>7}{'vs torch':>9}")
+    for r in results:
+        peak = f"{r['fraction_of_peak']:.0%}" if r["fraction_of_peak"] != "" else "-"
+        print(f"{r['implementation']:<28}{r['pass_']:<18}{r['dtype']:<10}{r['row_length']:>7}"
+              f"{r['ms']:>9.3f}{r['gbytes_per_s']:>8.0f}{peak:>7}{r['speedup_vs_torch']:>9.2f}")
+
+
+def write_csv(path: str, results: list[dict]) -> None:
+    with open(path, "w", newline="") as out:
+        fieldnames = [key.rstrip("_") for key in results[0]]
+        writer = csv.DictWriter(out, fieldnames=fieldnames)
+        writer.writeheader()
+        writer.writerows({key.rstrip("_"): value for key, value in row.items()} for row in results)
+    print(f"wrote {path}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7, help="timed runs per case (default 7)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to measure (default cpu)")
+    parser.add_argument("--repeats", type=int, default=7, help="CPU: timed runs per case (default 7)")
     parser.add_argument("--csv", help="also write the results to this CSV file")
     parser.add_argument("--quick", action="store_true", help="one small shape, for a smoke test")
+    parser.add_argument("--peak-gbs", type=float, help="GPU: the memory bandwidth to compare with, if the device does not report it")
     args = parser.parse_args(argv)
+
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda needs a CUDA GPU, and torch sees none")
+        device = torch.device("cuda")
+        results = measure_gpu(
+            device, GPU_ROWS, [1024] if args.quick else GPU_ROW_LENGTHS, GPU_DTYPES,
+            gpu_implementations(), cuda_time_ms, args.peak_gbs or peak_bandwidth_gbs(device),
+        )
+        print_gpu_table(results)
+        if args.csv:
+            write_csv(args.csv, results)
+        return
 
     results = measure([(256, 1024)] if args.quick else SHAPES, args.repeats)
     print(f"{'implementation':<22}{'M x N':>14}{'best ms':>10}{'vs torch':>10}{'GB/s':>8}{'peak mem':>10}")
@@ -114,11 +248,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{r['time_vs_torch']:>10.2f}{r['gbytes_per_s']:>8.1f}{memory:>10}"
         )
     if args.csv:
-        with open(args.csv, "w", newline="") as out:
-            writer = csv.DictWriter(out, fieldnames=list(results[0]))
-            writer.writeheader()
-            writer.writerows(results)
-        print(f"wrote {args.csv}")
+        write_csv(args.csv, results)
 
 
 if __name__ == "__main__":

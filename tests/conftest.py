@@ -33,7 +33,9 @@ def _as_numpy(value: object) -> object:
 
 
 def numpy_backend(x, normalized_shape, weight=None, bias=None, eps=1e-5) -> torch.Tensor:
-    y = lnorm.numpy.layer_norm(_as_numpy(x), normalized_shape, _as_numpy(weight), _as_numpy(bias), eps)
+    y = lnorm.numpy.layer_norm(
+        _as_numpy(x), normalized_shape, _as_numpy(weight), _as_numpy(bias), eps
+    )
     return torch.from_numpy(np.asarray(y))
 
 
@@ -81,7 +83,9 @@ def layer_norm_cases(draw: st.DrawFn, dtypes: tuple[torch.dtype, ...]) -> dict:
     if spelling == "int" and len(normalized_shape) == 1:
         given_shape = normalized_shape[0]
     else:
-        given_shape = {"tuple": tuple, "list": list, "size": torch.Size, "int": tuple}[spelling](normalized_shape)
+        given_shape = {"tuple": tuple, "list": list, "size": torch.Size, "int": tuple}[spelling](
+            normalized_shape
+        )
     param_dtype_is_float32 = dtype in (torch.float16, torch.bfloat16) and draw(st.booleans())
     param = (lambda t: t.float()) if param_dtype_is_float32 else (lambda t: t)
     return dict(
@@ -104,7 +108,10 @@ def autograd_backward(forward: Callable[..., torch.Tensor]) -> Callable[..., tup
     """(dx, dweight, dbias) of ``forward`` by torch.autograd; None for absent parameters."""
 
     def backward(dy, x, normalized_shape, weight=None, bias=None, eps=1e-5):
-        leaves = [None if t is None else t.detach().clone().requires_grad_(True) for t in (x, weight, bias)]
+        leaves = [
+            None if t is None else t.detach().clone().requires_grad_(True)
+            for t in (x, weight, bias)
+        ]
         forward(leaves[0], normalized_shape, leaves[1], leaves[2], eps).backward(dy)
         return tuple(None if t is None else t.grad for t in leaves)
 

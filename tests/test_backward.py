@@ -24,11 +24,18 @@ def _tuple_shape(case: dict) -> tuple[int, ...]:
 
 def float64_gradients(case: dict, dy: torch.Tensor) -> tuple:
     """Autograd through torch's LayerNorm in float64: the reference gradients."""
+
     def wide(t):
         return None if t is None else t.double()
 
-    return torch_backward(dy.double(), wide(case["x"]), _tuple_shape(case), wide(case["weight"]),
-                          wide(case["bias"]), case["eps"])
+    return torch_backward(
+        dy.double(),
+        wide(case["x"]),
+        _tuple_shape(case),
+        wide(case["weight"]),
+        wide(case["bias"]),
+        case["eps"],
+    )
 
 
 def gradient_scales(case: dict, dy: torch.Tensor) -> tuple[float, float, float, float]:
@@ -54,7 +61,10 @@ def gradient_scales(case: dict, dy: torch.Tensor) -> tuple[float, float, float, 
         dx_scale,
         float((dy.double() * x_hat).abs().sum(dim=batch).max()),
         float(dy.double().abs().sum(dim=batch).max()),
-        2.0**-40 * dx_scale * float(x.abs().max()) * float(dy.double().abs().sum(dim=batch).max() + 1),
+        2.0**-40
+        * dx_scale
+        * float(x.abs().max())
+        * float(dy.double().abs().sum(dim=batch).max() + 1),
     )
 
 
@@ -64,12 +74,18 @@ def gradient_scales(case: dict, dy: torch.Tensor) -> tuple[float, float, float, 
 def test_gradients_match_float64_autograd(backend_name: str, data: st.DataObject) -> None:
     case = data.draw(layer_norm_cases(DTYPES[backend_name]))
     seed = data.draw(st.integers(0, 2**32 - 1))
-    dy = torch.from_numpy(np.random.default_rng(seed).normal(size=case["x"].shape)).to(case["x"].dtype)
+    dy = torch.from_numpy(np.random.default_rng(seed).normal(size=case["x"].shape)).to(
+        case["x"].dtype
+    )
     grads = BACKWARDS[backend_name](dy, **case)
     expected = float64_gradients(case, dy)
     *scales, reference_error = gradient_scales(case, dy)
     for name, actual, reference, scale, param in zip(
-        ("dx", "dweight", "dbias"), grads, expected, scales, (case["x"], case["weight"], case["bias"])
+        ("dx", "dweight", "dbias"),
+        grads,
+        expected,
+        scales,
+        (case["x"], case["weight"], case["bias"]),
     ):
         if param is None:
             assert actual is None, name
@@ -79,7 +95,10 @@ def test_gradients_match_float64_autograd(backend_name: str, data: st.DataObject
         # one rounding to the gradient's dtype: relative to the largest element, or the
         # spacing of the subnormal numbers, whichever is larger
         spacing = float(torch.finfo(actual.dtype).tiny) * errors.machine_epsilon(actual)
-        rounding = errors.machine_epsilon(actual) * errors.max_abs_error(reference, 0 * reference) + spacing
+        rounding = (
+            errors.machine_epsilon(actual) * errors.max_abs_error(reference, 0 * reference)
+            + spacing
+        )
         atol = 16 * 2.0**-23 * scale + rounding + reference_error
         torch.testing.assert_close(actual.double(), reference, rtol=0, atol=atol, msg=name)
 
@@ -88,9 +107,19 @@ def test_gradients_match_float64_autograd(backend_name: str, data: st.DataObject
 @pytest.mark.parametrize("normalized_shape", [(5,), (2, 3), (1,)])
 def test_gradcheck_in_float64(affine: bool, normalized_shape: tuple[int, ...]) -> None:
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(3, *normalized_shape, dtype=torch.float64, generator=generator, requires_grad=True)
-    params = [torch.randn(normalized_shape, dtype=torch.float64, generator=generator, requires_grad=True)
-              for _ in range(2)] if affine else [None, None]
+    x = torch.randn(
+        3, *normalized_shape, dtype=torch.float64, generator=generator, requires_grad=True
+    )
+    params = (
+        [
+            torch.randn(
+                normalized_shape, dtype=torch.float64, generator=generator, requires_grad=True
+            )
+            for _ in range(2)
+        ]
+        if affine
+        else [None, None]
+    )
     assert torch.autograd.gradcheck(
         lambda x, *p: lnorm.torch.layer_norm(x, normalized_shape, *p), (x, *params)
     )
@@ -122,7 +151,11 @@ def test_output_can_be_modified_in_place_before_backward() -> None:
 def test_empty_batch_gives_zero_parameter_gradients(backend_name: str) -> None:
     x, dy = torch.empty(0, 4), torch.empty(0, 4)
     dx, dweight, dbias = BACKWARDS[backend_name](dy, x, 4, torch.ones(4), torch.zeros(4))
-    assert dx.shape == (0, 4) and torch.equal(dweight, torch.zeros(4)) and torch.equal(dbias, torch.zeros(4))
+    assert (
+        dx.shape == (0, 4)
+        and torch.equal(dweight, torch.zeros(4))
+        and torch.equal(dbias, torch.zeros(4))
+    )
 
 
 @pytest.mark.parametrize("backend_name", sorted(BACKWARDS))
@@ -158,14 +191,21 @@ def test_float32_gradients_accurate_at_any_offset(backend_name: str, offset: flo
     ours = BACKWARDS[backend_name](dy, **case)
     theirs = torch_backward(dy, x, (n,), weight, bias)
     for actual, other, reference in zip(ours, theirs, float64_gradients(case, dy)):
-        ours_units, torch_units = errors.eps_units(actual, reference), errors.eps_units(other, reference)
+        ours_units, torch_units = (
+            errors.eps_units(actual, reference),
+            errors.eps_units(other, reference),
+        )
         assert ours_units <= 2 and ours_units <= max(torch_units, 2)
 
 
 def test_weight_gradient_over_a_million_rows() -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(1 << 20, 4)).astype(np.float32)
-    dy = rng.uniform(0.0, 1.0, size=x.shape).astype(np.float32)  # same sign: no cancellation to hide behind
-    _, dweight, dbias = lnorm.numpy.layer_norm_backward(dy, x, 4, np.ones(4, np.float32), np.zeros(4, np.float32))
+    dy = rng.uniform(0.0, 1.0, size=x.shape).astype(
+        np.float32
+    )  # same sign: no cancellation to hide behind
+    _, dweight, dbias = lnorm.numpy.layer_norm_backward(
+        dy, x, 4, np.ones(4, np.float32), np.zeros(4, np.float32)
+    )
     exact_dbias = dy.astype(np.float64).sum(axis=0)
     assert np.all(np.abs(dbias - exact_dbias) <= 20 * 2.0**-24 * exact_dbias)

@@ -16,22 +16,52 @@ W4 = torch.ones(4)
 @pytest.mark.parametrize(
     "args, kwargs, error, message",
     [
-        ((X, (5,)), {}, ValueError, r"normalized_shape=\(5,\) must match the trailing dimensions .* shape \(2, 3, 4\)"),
+        (
+            (X, (5,)),
+            {},
+            ValueError,
+            r"normalized_shape=\(5,\) must match the trailing dimensions .* shape \(2, 3, 4\)",
+        ),
         ((X, (2, 4)), {}, ValueError, r"normalized_shape=\(2, 4\) must match"),
         ((X, (1, 2, 3, 4)), {}, ValueError, r"normalized_shape=\(1, 2, 3, 4\) must match"),
         ((X, ()), {}, ValueError, r"at least one dimension"),
         ((X, (-4,)), {}, ValueError, r"must not be negative"),
         ((X, 4.0), {}, TypeError, r"normalized_shape must be an int or a sequence of ints"),
         ((X, (4.0,)), {}, TypeError, r"normalized_shape must contain only ints"),
-        ((X, (4,), torch.ones(5)), {}, ValueError, r"weight must have shape normalized_shape=\(4,\), got weight of shape \(5,\)"),
-        ((X, (4,), torch.ones(1, 4)), {}, ValueError, r"weight must have shape .* got weight of shape \(1, 4\)"),
-        ((X, (4,), None, torch.ones(3)), {}, ValueError, r"bias must have shape normalized_shape=\(4,\), got bias of shape \(3,\)"),
-        ((X, (3, 4), torch.ones(4)), {}, ValueError, r"weight must have shape normalized_shape=\(3, 4\)"),
+        (
+            (X, (4,), torch.ones(5)),
+            {},
+            ValueError,
+            r"weight must have shape normalized_shape=\(4,\), got weight of shape \(5,\)",
+        ),
+        (
+            (X, (4,), torch.ones(1, 4)),
+            {},
+            ValueError,
+            r"weight must have shape .* got weight of shape \(1, 4\)",
+        ),
+        (
+            (X, (4,), None, torch.ones(3)),
+            {},
+            ValueError,
+            r"bias must have shape normalized_shape=\(4,\), got bias of shape \(3,\)",
+        ),
+        (
+            (X, (3, 4), torch.ones(4)),
+            {},
+            ValueError,
+            r"weight must have shape normalized_shape=\(3, 4\)",
+        ),
         ((X.long(), (4,)), {}, TypeError, r"floating-point input .* got dtype int64"),
         ((X.int(), (4,)), {}, TypeError, r"got dtype int32"),
         ((X.bool(), (4,)), {}, TypeError, r"got dtype bool"),
         ((X.to(torch.complex64), (4,)), {}, TypeError, r"got dtype complex64"),
-        ((X, (4,), W4.double()), {}, TypeError, r"weight has dtype float64, but an input of dtype float32 needs float32"),
+        (
+            (X, (4,), W4.double()),
+            {},
+            TypeError,
+            r"weight has dtype float64, but an input of dtype float32 needs float32",
+        ),
         ((X, (4,), W4.half()), {}, TypeError, r"weight has dtype float16"),
         ((X, (4,), None, W4.long()), {}, TypeError, r"bias has dtype int64"),
         ((X.double(), (4,), W4), {}, TypeError, r"input of dtype float64 needs float64 parameters"),
@@ -41,7 +71,9 @@ W4 = torch.ones(4)
         ((X, (4,)), {"eps": "1e-5"}, TypeError, r"eps must be a real number"),
     ],
 )
-def test_bad_input_raises_a_clear_error(layer_norm, backend_name, args, kwargs, error, message) -> None:
+def test_bad_input_raises_a_clear_error(
+    layer_norm, backend_name, args, kwargs, error, message
+) -> None:
     with pytest.raises(error, match=message):
         layer_norm(*args, **kwargs)
 

@@ -56,6 +56,8 @@ def test_assert_close_normwise() -> None:
     expected = np.array([1.0, 0.0, -2.0])
     errors.assert_close_normwise(np.float32(expected + [0, 2.0**-22, 0]), expected, max_eps_units=1)
     with pytest.raises(AssertionError, match="exceeds the bound of 0.5"):
-        errors.assert_close_normwise(np.float32(expected + [0, 2.0**-22, 0]), expected, max_eps_units=0.5)
+        errors.assert_close_normwise(
+            np.float32(expected + [0, 2.0**-22, 0]), expected, max_eps_units=0.5
+        )
     with pytest.raises(AssertionError):
         errors.assert_close_normwise(np.array([np.nan]), np.array([1.0]))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -20,7 +19,9 @@ def torch_layer_norm(case: dict, in_float64: bool = False) -> torch.Tensor:
     def cast(t: torch.Tensor | None) -> torch.Tensor | None:
         return t.double() if in_float64 and t is not None else t
 
-    y = F.layer_norm(cast(x), x.shape[x.dim() - ndim:], cast(case["weight"]), cast(case["bias"]), case["eps"])
+    y = F.layer_norm(
+        cast(x), x.shape[x.dim() - ndim :], cast(case["weight"]), cast(case["bias"]), case["eps"]
+    )
     return y.to(x.dtype)
 
 
@@ -37,12 +38,19 @@ def test_matches_torch_layer_norm(backend_name: str, data: st.DataObject) -> Non
 
 
 @pytest.mark.parametrize("shape", [(50, 768), (4, 3, 16), (1, 1)])
-def test_matches_torch_kernel_on_typical_inputs(layer_norm, backend_name: str, shape: tuple[int, ...]) -> None:
+def test_matches_torch_kernel_on_typical_inputs(
+    layer_norm, backend_name: str, shape: tuple[int, ...]
+) -> None:
     generator = torch.Generator().manual_seed(0)
     for dtype in DTYPES[backend_name]:
         x = torch.randn(shape, generator=generator).to(dtype)
-        weight, bias = torch.rand(shape[-1:], generator=generator).to(dtype), torch.randn(shape[-1:]).to(dtype)
-        torch.testing.assert_close(layer_norm(x, shape[-1], weight, bias), F.layer_norm(x, shape[-1:], weight, bias))
+        weight, bias = (
+            torch.rand(shape[-1:], generator=generator).to(dtype),
+            torch.randn(shape[-1:]).to(dtype),
+        )
+        torch.testing.assert_close(
+            layer_norm(x, shape[-1], weight, bias), F.layer_norm(x, shape[-1:], weight, bias)
+        )
 
 
 def test_input_is_not_modified(layer_norm, backend_name: str) -> None:
@@ -68,7 +76,9 @@ def test_nan_and_inf_poison_only_their_row(layer_norm, bad: float) -> None:
     torch.testing.assert_close(y[[0, 2]], expected[[0, 2]])
 
 
-@pytest.mark.parametrize("shape, normalized_shape", [((0, 4), (4,)), ((3, 0), (0,)), ((2, 0, 5), (5,)), ((0,), (0,))])
+@pytest.mark.parametrize(
+    "shape, normalized_shape", [((0, 4), (4,)), ((3, 0), (0,)), ((2, 0, 5), (5,)), ((0,), (0,))]
+)
 def test_empty_inputs_give_empty_outputs(layer_norm, backend_name, shape, normalized_shape) -> None:
     for dtype in DTYPES[backend_name]:
         x = torch.empty(shape, dtype=dtype)
@@ -98,4 +108,7 @@ def test_huge_constant_rows_normalize_to_zero_where_torch_kernel_overflows(layer
 
 def test_eps_zero_on_a_constant_row_gives_nan_like_torch(layer_norm) -> None:
     x = torch.ones(1, 4)
-    assert torch.isnan(layer_norm(x, 4, eps=0.0)).all() and torch.isnan(F.layer_norm(x, (4,), eps=0.0)).all()
+    assert (
+        torch.isnan(layer_norm(x, 4, eps=0.0)).all()
+        and torch.isnan(F.layer_norm(x, (4,), eps=0.0)).all()
+    )

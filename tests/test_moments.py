@@ -70,7 +70,11 @@ def test_float32_variance_error_within_bound(name, n, offset_exponent, std_expon
     assert var.dtype == np.float32
     constant = expected_var == 0  # rounding to float32 can make every element equal
     assert np.all(var[constant] == 0)
-    expected_mean, expected_var, var = expected_mean[~constant], expected_var[~constant], var[~constant]
+    expected_mean, expected_var, var = (
+        expected_mean[~constant],
+        expected_var[~constant],
+        var[~constant],
+    )
     kappa = np.sqrt(1 + expected_mean**2 / expected_var)
     relative_error = np.abs(var.astype(np.float64) - expected_var) / expected_var
     assert np.all(relative_error <= bound(name, n, kappa))

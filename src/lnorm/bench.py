@@ -101,14 +101,24 @@ def measure(shapes: list[tuple[int, int]], repeats: int) -> list[dict]:
             baseline = baseline or best
             rows.append(
                 dict(
-                    implementation=name, rows=m, row_length=n, dtype="float32", threads=1,
-                    best_ms=round(best * 1e3, 2), median_ms=round(median * 1e3, 2),
+                    implementation=name,
+                    rows=m,
+                    row_length=n,
+                    dtype="float32",
+                    threads=1,
+                    best_ms=round(best * 1e3, 2),
+                    median_ms=round(median * 1e3, 2),
                     time_vs_torch=round(best / baseline, 3),
                     peak_memory_vs_output=(
-                        round(peak_extra_bytes(run) / x_numpy.nbytes, 3) if name == "lnorm.numpy" else ""
+                        round(peak_extra_bytes(run) / x_numpy.nbytes, 3)
+                        if name == "lnorm.numpy"
+                        else ""
                     ),
                     gbytes_per_s=round(2 * x_numpy.nbytes / best / 1e9, 2),  # read x, write y
-                    cpu=cpu_name(), numpy=np.__version__, torch=torch.__version__, date=date,
+                    cpu=cpu_name(),
+                    numpy=np.__version__,
+                    torch=torch.__version__,
+                    date=date,
                 )
             )
     return rows
@@ -138,14 +148,21 @@ def cuda_time_ms(run: Callable[[], object]) -> float:
 def peak_bandwidth_gbs(device: torch.device) -> float | None:
     """The device's theoretical memory bandwidth in GB/s, from its memory clock and bus width."""
     props = torch.cuda.get_device_properties(device)
-    clock_khz, bus_bits = getattr(props, "memory_clock_rate", 0), getattr(props, "memory_bus_width", 0)
+    clock_khz, bus_bits = (
+        getattr(props, "memory_clock_rate", 0),
+        getattr(props, "memory_bus_width", 0),
+    )
     return 2 * clock_khz * 1e3 * bus_bits / 8 / 1e9 if clock_khz and bus_bits else None
 
 
 def driver_version() -> str:
     try:
-        result = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                capture_output=True, text=True, timeout=30)
+        result = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         return result.stdout.strip().splitlines()[0] if result.returncode == 0 else "unknown"
     except (OSError, IndexError, subprocess.TimeoutExpired):
         return "unknown"
@@ -166,46 +183,72 @@ def measure_gpu(
     common = dict(
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
         driver=driver_version() if device.type == "cuda" else "",
-        torch=torch.__version__, triton=triton.__version__, date=datetime.date.today().isoformat(),
+        torch=torch.__version__,
+        triton=triton.__version__,
+        date=datetime.date.today().isoformat(),
     )
     results = []
     for dtype in dtypes:
         for n in row_lengths:
             generator = torch.Generator(device=device).manual_seed(0)
-            x = torch.randn(rows, n, device=device, generator=generator).to(dtype).requires_grad_(True)
-            weight = torch.rand(n, device=device, generator=generator).to(dtype).requires_grad_(True)
+            x = (
+                torch.randn(rows, n, device=device, generator=generator)
+                .to(dtype)
+                .requires_grad_(True)
+            )
+            weight = (
+                torch.rand(n, device=device, generator=generator).to(dtype).requires_grad_(True)
+            )
             bias = torch.randn(n, device=device, generator=generator).to(dtype).requires_grad_(True)
             dy = torch.randn(rows, n, device=device, generator=generator).to(dtype)
             baseline = {}
             for name, layer_norm in implementations.items():
+
                 def forward(layer_norm=layer_norm):
                     with torch.no_grad():
                         return layer_norm(x, n, weight, bias)
 
                 def forward_backward(layer_norm=layer_norm):
-                    return torch.autograd.grad(layer_norm(x, n, weight, bias), (x, weight, bias), dy)
+                    return torch.autograd.grad(
+                        layer_norm(x, n, weight, bias), (x, weight, bias), dy
+                    )
 
-                for pass_name, run, elements in [("forward", forward, 2), ("forward+backward", forward_backward, 5)]:
+                for pass_name, run, elements in [
+                    ("forward", forward, 2),
+                    ("forward+backward", forward_backward, 5),
+                ]:
                     ms = time_ms(run)
                     baseline.setdefault(pass_name, ms)
                     gbs = elements * rows * n * x.element_size() / (ms * 1e-3) / 1e9
-                    results.append(dict(
-                        implementation=name, pass_=pass_name, dtype=str(dtype).removeprefix("torch."),
-                        rows=rows, row_length=n, ms=round(ms, 4), bytes=elements * rows * n * x.element_size(),
-                        gbytes_per_s=round(gbs, 1),
-                        fraction_of_peak=round(gbs / peak_gbs, 3) if peak_gbs else "",
-                        speedup_vs_torch=round(baseline[pass_name] / ms, 3), peak_gbytes_per_s=peak_gbs or "",
-                        **common,
-                    ))
+                    results.append(
+                        dict(
+                            implementation=name,
+                            pass_=pass_name,
+                            dtype=str(dtype).removeprefix("torch."),
+                            rows=rows,
+                            row_length=n,
+                            ms=round(ms, 4),
+                            bytes=elements * rows * n * x.element_size(),
+                            gbytes_per_s=round(gbs, 1),
+                            fraction_of_peak=round(gbs / peak_gbs, 3) if peak_gbs else "",
+                            speedup_vs_torch=round(baseline[pass_name] / ms, 3),
+                            peak_gbytes_per_s=peak_gbs or "",
+                            **common,
+                        )
+                    )
     return results
 
 
 def print_gpu_table(results: list[dict]) -> None:
-    print(f"{'implementation':<28}{'pass':<18}{'dtype':<10}{'N':>7}{'ms':>9}{'GB/s':>8}{'peak':>7}{'vs torch':>9}")
+    print(
+        f"{'implementation':<28}{'pass':<18}{'dtype':<10}{'N':>7}{'ms':>9}{'GB/s':>8}{'peak':>7}{'vs torch':>9}"
+    )
     for r in results:
         peak = f"{r['fraction_of_peak']:.0%}" if r["fraction_of_peak"] != "" else "-"
-        print(f"{r['implementation']:<28}{r['pass_']:<18}{r['dtype']:<10}{r['row_length']:>7}"
-              f"{r['ms']:>9.3f}{r['gbytes_per_s']:>8.0f}{peak:>7}{r['speedup_vs_torch']:>9.2f}")
+        print(
+            f"{r['implementation']:<28}{r['pass_']:<18}{r['dtype']:<10}{r['row_length']:>7}"
+            f"{r['ms']:>9.3f}{r['gbytes_per_s']:>8.0f}{peak:>7}{r['speedup_vs_torch']:>9.2f}"
+        )
 
 
 def write_csv(path: str, results: list[dict]) -> None:
@@ -219,11 +262,19 @@ def write_csv(path: str, results: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to measure (default cpu)")
-    parser.add_argument("--repeats", type=int, default=7, help="CPU: timed runs per case (default 7)")
+    parser.add_argument(
+        "--device", choices=["cpu", "cuda"], default="cpu", help="where to measure (default cpu)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=7, help="CPU: timed runs per case (default 7)"
+    )
     parser.add_argument("--csv", help="also write the results to this CSV file")
     parser.add_argument("--quick", action="store_true", help="one small shape, for a smoke test")
-    parser.add_argument("--peak-gbs", type=float, help="GPU: the memory bandwidth to compare with, if the device does not report it")
+    parser.add_argument(
+        "--peak-gbs",
+        type=float,
+        help="GPU: the memory bandwidth to compare with, if the device does not report it",
+    )
     args = parser.parse_args(argv)
 
     if args.device == "cuda":
@@ -231,8 +282,13 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit("--device cuda needs a CUDA GPU, and torch sees none")
         device = torch.device("cuda")
         results = measure_gpu(
-            device, GPU_ROWS, [1024] if args.quick else GPU_ROW_LENGTHS, GPU_DTYPES,
-            gpu_implementations(), cuda_time_ms, args.peak_gbs or peak_bandwidth_gbs(device),
+            device,
+            GPU_ROWS,
+            [1024] if args.quick else GPU_ROW_LENGTHS,
+            GPU_DTYPES,
+            gpu_implementations(),
+            cuda_time_ms,
+            args.peak_gbs or peak_bandwidth_gbs(device),
         )
         print_gpu_table(results)
         if args.csv:
@@ -240,7 +296,9 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     results = measure([(256, 1024)] if args.quick else SHAPES, args.repeats)
-    print(f"{'implementation':<22}{'M x N':>14}{'best ms':>10}{'vs torch':>10}{'GB/s':>8}{'peak mem':>10}")
+    print(
+        f"{'implementation':<22}{'M x N':>14}{'best ms':>10}{'vs torch':>10}{'GB/s':>8}{'peak mem':>10}"
+    )
     for r in results:
         memory = f"{r['peak_memory_vs_output']:.2f}x" if r["peak_memory_vs_output"] != "" else "-"
         print(

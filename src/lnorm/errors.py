@@ -21,12 +21,18 @@ import numpy as np
 
 import lnorm.numpy
 
-_INT_OF_FLOAT = {np.dtype(np.float16): np.int16, np.dtype(np.float32): np.int32, np.dtype(np.float64): np.int64}
+_INT_OF_FLOAT = {
+    np.dtype(np.float16): np.int16,
+    np.dtype(np.float32): np.int32,
+    np.dtype(np.float64): np.int64,
+}
 
 
 def as_numpy(a: object) -> np.ndarray:
     """A NumPy view or copy of an array or (CPU or GPU, bfloat16 too) torch tensor."""
-    if hasattr(a, "detach"):  # a torch tensor; NumPy has no bfloat16, so widen it exactly to float32
+    if hasattr(
+        a, "detach"
+    ):  # a torch tensor; NumPy has no bfloat16, so widen it exactly to float32
         a = a.detach().cpu()
         if str(a.dtype) == "torch.bfloat16":
             a = a.float()
@@ -42,7 +48,12 @@ def machine_epsilon(a: object) -> float:
 
 def max_abs_error(actual: object, expected: object) -> float:
     """max |actual - expected|, computed in float64."""
-    return float(np.max(np.abs(as_numpy(actual).astype(np.float64) - as_numpy(expected).astype(np.float64)), initial=0.0))
+    return float(
+        np.max(
+            np.abs(as_numpy(actual).astype(np.float64) - as_numpy(expected).astype(np.float64)),
+            initial=0.0,
+        )
+    )
 
 
 def max_rel_error(actual: object, expected: object) -> float:
@@ -111,7 +122,9 @@ def compare(actual: object, expected: object) -> Comparison:
     )
 
 
-def reference_layer_norm(x: object, normalized_shape, weight: object = None, bias: object = None, eps: float = 1e-5) -> np.ndarray:
+def reference_layer_norm(
+    x: object, normalized_shape, weight: object = None, bias: object = None, eps: float = 1e-5
+) -> np.ndarray:
     """LayerNorm of the exact input values, computed in float64 (see the module docstring for when that suffices)."""
 
     def wide(a: object) -> np.ndarray | None:

@@ -72,7 +72,9 @@ class LayerNormFunction(torch.autograd.Function):
         batch_dims = x.dim() - len(normalized_shape)
         rows = x.reshape(x.shape[:batch_dims].numel(), x.shape[batch_dims:].numel()).to(work_dtype)
         x_hat, rstd = moments.standardize(rows, eps)
-        ctx.save_for_backward(x_hat, rstd, None if weight is None else weight.reshape(-1).to(work_dtype))
+        ctx.save_for_backward(
+            x_hat, rstd, None if weight is None else weight.reshape(-1).to(work_dtype)
+        )
         ctx.shapes = (x.shape, x.dtype, _shape(weight), _dtype(weight), _shape(bias), _dtype(bias))
         # The output is computed in the input's shape (weight and bias broadcast over its
         # trailing dimensions) so that it is a new tensor, never a view of a saved one.

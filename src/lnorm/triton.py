@@ -45,14 +45,18 @@ def layer_norm(
     Differentiable once in x, weight and bias. float16 and bfloat16 inputs are
     loaded as they are and computed in float32; float64 is computed in float64.
     """
-    normalized_shape, eps = lnorm.torch.checked_arguments(x, normalized_shape, weight, bias, eps)
+    normalized_shape, eps = lnorm.torch.checked_arguments(
+        x, normalized_shape, weight, bias, eps
+    )
     if not x.is_cuda and not INTERPRETED:
         raise RuntimeError(
             f"lnorm.triton runs its kernels on a CUDA GPU, but the input is on {x.device}. To run them "
             "on the CPU through Triton's interpreter, set the environment variable TRITON_INTERPRET=1 "
             "before lnorm.triton is imported."
         )
-    return TritonLayerNormFunction.apply(x, weight, bias, normalized_shape, eps)
+    return TritonLayerNormFunction.apply(
+        x, weight, bias, normalized_shape, eps
+    )
 
 
 # --- kernels ---------------------------------------------------------------------------------
@@ -62,11 +66,17 @@ def layer_norm(
 
 
 @triton.jit
-def _load_block(row_ptr, start, n_cols, COMPUTE: tl.constexpr, BLOCK: tl.constexpr):
+def _load_block(
+    row_ptr, start, n_cols, COMPUTE: tl.constexpr, BLOCK: tl.constexpr
+):
     """Columns start .. start+BLOCK of a row, converted to the compute dtype; 0 beyond the row's end."""
     cols = start + tl.arange(0, BLOCK)
     mask = cols < n_cols
-    return tl.load(row_ptr + cols, mask=mask, other=0.0).to(COMPUTE), cols, mask
+    return (
+        tl.load(row_ptr + cols, mask=mask, other=0.0).to(COMPUTE),
+        cols,
+        mask,
+    )
 
 
 @triton.jit
@@ -87,8 +97,16 @@ def _reciprocal_sqrt(v, COMPUTE: tl.constexpr):
 
 
 @triton.jit
-def _affine(x_hat, weight_ptr, bias_ptr, cols, mask, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-            COMPUTE: tl.constexpr):
+def _affine(
+    x_hat,
+    weight_ptr,
+    bias_ptr,
+    cols,
+    mask,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    COMPUTE: tl.constexpr,
+):
     y = x_hat
     if HAS_WEIGHT:
         y = y * tl.load(weight_ptr + cols, mask=mask, other=0.0).to(COMPUTE)
@@ -101,9 +119,20 @@ def _affine(x_hat, weight_ptr, bias_ptr, cols, mask, HAS_WEIGHT: tl.constexpr, H
 # compile-time constant, which has no dtype to convert.
 @triton.jit(do_not_specialize=["n_cols"])
 def _forward_kernel(
-    x_ptr, y_ptr, weight_ptr, bias_ptr, eps_ptr, mean_hi_ptr, mean_lo_ptr, rstd_ptr, n_cols,
-    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, COMPUTE: tl.constexpr,
-    BLOCK: tl.constexpr, ONE_BLOCK: tl.constexpr,
+    x_ptr,
+    y_ptr,
+    weight_ptr,
+    bias_ptr,
+    eps_ptr,
+    mean_hi_ptr,
+    mean_lo_ptr,
+    rstd_ptr,
+    n_cols,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    COMPUTE: tl.constexpr,
+    BLOCK: tl.constexpr,
+    ONE_BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0)
     x_row = x_ptr + row * n_cols
@@ -112,11 +141,27 @@ def _forward_kernel(
     if ONE_BLOCK:
         x, cols, mask = _load_block(x_row, 0, n_cols, COMPUTE, BLOCK)
         hi = _divide(tl.sum(x, axis=0), n_cols, COMPUTE)  # the mean, rounded
-        centred = tl.where(mask, x - hi, 0.0)  # exact (Sterbenz) for rows far from zero mean
-        lo = _divide(tl.sum(centred, axis=0), n_cols, COMPUTE)  # the rounding error of hi
+        centred = tl.where(
+            mask, x - hi, 0.0
+        )  # exact (Sterbenz) for rows far from zero mean
+        lo = _divide(
+            tl.sum(centred, axis=0), n_cols, COMPUTE
+        )  # the rounding error of hi
         centred = tl.where(mask, centred - lo, 0.0)
-        rstd = _reciprocal_sqrt(_divide(tl.sum(centred * centred, axis=0), n_cols, COMPUTE) + eps, COMPUTE)
-        y = _affine(centred * rstd, weight_ptr, bias_ptr, cols, mask, HAS_WEIGHT, HAS_BIAS, COMPUTE)
+        rstd = _reciprocal_sqrt(
+            _divide(tl.sum(centred * centred, axis=0), n_cols, COMPUTE) + eps,
+            COMPUTE,
+        )
+        y = _affine(
+            centred * rstd,
+            weight_ptr,
+            bias_ptr,
+            cols,
+            mask,
+            HAS_WEIGHT,
+            HAS_BIAS,
+            COMPUTE,
+        )
         tl.store(y_row + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
     else:
         total = tl.zeros([BLOCK], dtype=COMPUTE)
@@ -134,10 +179,21 @@ def _forward_kernel(
             x, cols, mask = _load_block(x_row, start, n_cols, COMPUTE, BLOCK)
             centred = tl.where(mask, (x - hi) - lo, 0.0)
             total += centred * centred
-        rstd = _reciprocal_sqrt(_divide(tl.sum(total, axis=0), n_cols, COMPUTE) + eps, COMPUTE)
+        rstd = _reciprocal_sqrt(
+            _divide(tl.sum(total, axis=0), n_cols, COMPUTE) + eps, COMPUTE
+        )
         for start in range(0, n_cols, BLOCK):
             x, cols, mask = _load_block(x_row, start, n_cols, COMPUTE, BLOCK)
-            y = _affine(((x - hi) - lo) * rstd, weight_ptr, bias_ptr, cols, mask, HAS_WEIGHT, HAS_BIAS, COMPUTE)
+            y = _affine(
+                ((x - hi) - lo) * rstd,
+                weight_ptr,
+                bias_ptr,
+                cols,
+                mask,
+                HAS_WEIGHT,
+                HAS_BIAS,
+                COMPUTE,
+            )
             tl.store(y_row + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
     # The mean is saved as the unevaluated sum hi + lo, so that the backward pass can recompute
     # x_hat as accurately as the forward pass did: hi + lo rounded to one number would lose lo.
@@ -148,9 +204,22 @@ def _forward_kernel(
 
 @triton.jit(do_not_specialize=["n_rows", "n_cols", "rows_per_program"])
 def _backward_kernel(
-    dy_ptr, x_ptr, weight_ptr, mean_hi_ptr, mean_lo_ptr, rstd_ptr, dx_ptr,
-    partial_dweight_ptr, partial_dbias_ptr, n_rows, n_cols, rows_per_program,
-    HAS_WEIGHT: tl.constexpr, COMPUTE: tl.constexpr, BLOCK: tl.constexpr, ONE_BLOCK: tl.constexpr,
+    dy_ptr,
+    x_ptr,
+    weight_ptr,
+    mean_hi_ptr,
+    mean_lo_ptr,
+    rstd_ptr,
+    dx_ptr,
+    partial_dweight_ptr,
+    partial_dbias_ptr,
+    n_rows,
+    n_cols,
+    rows_per_program,
+    HAS_WEIGHT: tl.constexpr,
+    COMPUTE: tl.constexpr,
+    BLOCK: tl.constexpr,
+    ONE_BLOCK: tl.constexpr,
 ):
     # Each program takes a run of rows and adds up its own partial dweight and dbias in its own
     # row of the partial buffers: no two programs write the same place, so no locks are needed.
@@ -165,19 +234,34 @@ def _backward_kernel(
         mask = cols < n_cols
         weight = tl.full([BLOCK], 1.0, COMPUTE)
         if HAS_WEIGHT:
-            weight = tl.load(weight_ptr + cols, mask=mask, other=0.0).to(COMPUTE)
+            weight = tl.load(weight_ptr + cols, mask=mask, other=0.0).to(
+                COMPUTE
+            )
         dweight = tl.zeros([BLOCK], dtype=COMPUTE)
         dbias = tl.zeros([BLOCK], dtype=COMPUTE)
         for row in range(first_row, last_row):
-            x, cols, mask = _load_block(x_ptr + row * n_cols, 0, n_cols, COMPUTE, BLOCK)
-            dy, cols, mask = _load_block(dy_ptr + row * n_cols, 0, n_cols, COMPUTE, BLOCK)
+            x, cols, mask = _load_block(
+                x_ptr + row * n_cols, 0, n_cols, COMPUTE, BLOCK
+            )
+            dy, cols, mask = _load_block(
+                dy_ptr + row * n_cols, 0, n_cols, COMPUTE, BLOCK
+            )
             rstd = tl.load(rstd_ptr + row)
-            x_hat = tl.where(mask, ((x - tl.load(mean_hi_ptr + row)) - tl.load(mean_lo_ptr + row)) * rstd, 0.0)
+            x_hat = tl.where(
+                mask,
+                ((x - tl.load(mean_hi_ptr + row)) - tl.load(mean_lo_ptr + row))
+                * rstd,
+                0.0,
+            )
             g = dy * weight
             mean_g = _divide(tl.sum(g, axis=0), n_cols, COMPUTE)
             mean_g_x_hat = _divide(tl.sum(g * x_hat, axis=0), n_cols, COMPUTE)
             dx = (g - mean_g - x_hat * mean_g_x_hat) * rstd
-            tl.store(dx_ptr + row * n_cols + cols, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+            tl.store(
+                dx_ptr + row * n_cols + cols,
+                dx.to(dx_ptr.dtype.element_ty),
+                mask=mask,
+            )
             dweight += dy * x_hat
             dbias += dy
         tl.store(partial_dweight_row + cols, dweight, mask=mask)
@@ -190,28 +274,50 @@ def _backward_kernel(
             sum_g = tl.zeros([BLOCK], dtype=COMPUTE)
             sum_g_x_hat = tl.zeros([BLOCK], dtype=COMPUTE)
             for start in range(0, n_cols, BLOCK):
-                x, cols, mask = _load_block(x_ptr + row * n_cols, start, n_cols, COMPUTE, BLOCK)
-                dy, cols, mask = _load_block(dy_ptr + row * n_cols, start, n_cols, COMPUTE, BLOCK)
+                x, cols, mask = _load_block(
+                    x_ptr + row * n_cols, start, n_cols, COMPUTE, BLOCK
+                )
+                dy, cols, mask = _load_block(
+                    dy_ptr + row * n_cols, start, n_cols, COMPUTE, BLOCK
+                )
                 x_hat = tl.where(mask, ((x - hi) - lo) * rstd, 0.0)
                 g = dy
                 if HAS_WEIGHT:
-                    g = dy * tl.load(weight_ptr + cols, mask=mask, other=0.0).to(COMPUTE)
+                    g = dy * tl.load(
+                        weight_ptr + cols, mask=mask, other=0.0
+                    ).to(COMPUTE)
                 sum_g += g
                 sum_g_x_hat += g * x_hat
             mean_g = _divide(tl.sum(sum_g, axis=0), n_cols, COMPUTE)
-            mean_g_x_hat = _divide(tl.sum(sum_g_x_hat, axis=0), n_cols, COMPUTE)
+            mean_g_x_hat = _divide(
+                tl.sum(sum_g_x_hat, axis=0), n_cols, COMPUTE
+            )
             for start in range(0, n_cols, BLOCK):
-                x, cols, mask = _load_block(x_ptr + row * n_cols, start, n_cols, COMPUTE, BLOCK)
-                dy, cols, mask = _load_block(dy_ptr + row * n_cols, start, n_cols, COMPUTE, BLOCK)
+                x, cols, mask = _load_block(
+                    x_ptr + row * n_cols, start, n_cols, COMPUTE, BLOCK
+                )
+                dy, cols, mask = _load_block(
+                    dy_ptr + row * n_cols, start, n_cols, COMPUTE, BLOCK
+                )
                 x_hat = tl.where(mask, ((x - hi) - lo) * rstd, 0.0)
                 g = dy
                 if HAS_WEIGHT:
-                    g = dy * tl.load(weight_ptr + cols, mask=mask, other=0.0).to(COMPUTE)
+                    g = dy * tl.load(
+                        weight_ptr + cols, mask=mask, other=0.0
+                    ).to(COMPUTE)
                 dx = (g - mean_g - x_hat * mean_g_x_hat) * rstd
-                tl.store(dx_ptr + row * n_cols + cols, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+                tl.store(
+                    dx_ptr + row * n_cols + cols,
+                    dx.to(dx_ptr.dtype.element_ty),
+                    mask=mask,
+                )
                 # this program's own partial row: read, add, write back
-                dweight = tl.load(partial_dweight_row + cols, mask=mask, other=0.0)
-                tl.store(partial_dweight_row + cols, dweight + dy * x_hat, mask=mask)
+                dweight = tl.load(
+                    partial_dweight_row + cols, mask=mask, other=0.0
+                )
+                tl.store(
+                    partial_dweight_row + cols, dweight + dy * x_hat, mask=mask
+                )
                 dbias = tl.load(partial_dbias_row + cols, mask=mask, other=0.0)
                 tl.store(partial_dbias_row + cols, dbias + dy, mask=mask)
 
@@ -231,7 +337,16 @@ def _program_count(n_rows: int, device: torch.device) -> int:
     partial sums stay small. (The interpreter runs programs one after another: the count only
     changes the size of the partial buffers there.)"""
     if device.type == "cuda":
-        return max(1, min(n_rows, 4 * torch.cuda.get_device_properties(device).multi_processor_count))
+        return max(
+            1,
+            min(
+                n_rows,
+                4
+                * torch.cuda.get_device_properties(
+                    device
+                ).multi_processor_count,
+            ),
+        )
     return max(1, min(n_rows, 64))
 
 
@@ -240,20 +355,34 @@ class TritonLayerNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, normalized_shape, eps):
-        work_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        n_cols = x.shape[x.dim() - len(normalized_shape):].numel()
+        work_dtype = (
+            torch.float64 if x.dtype == torch.float64 else torch.float32
+        )
+        n_cols = x.shape[x.dim() - len(normalized_shape) :].numel()
         n_rows = x.numel() // n_cols if n_cols else 0
         rows = x.contiguous().reshape(n_rows, n_cols)
         y = torch.empty_like(rows)
-        mean_hi, mean_lo, rstd = (torch.empty(n_rows, dtype=work_dtype, device=x.device) for _ in range(3))
+        mean_hi, mean_lo, rstd = (
+            torch.empty(n_rows, dtype=work_dtype, device=x.device)
+            for _ in range(3)
+        )
         if rows.numel():
             block, one_block = _launch_config(n_cols, x.element_size())
             _forward_kernel[(n_rows,)](
-                rows, y, _pointer(weight, rows), _pointer(bias, rows),
+                rows,
+                y,
+                _pointer(weight, rows),
+                _pointer(bias, rows),
                 torch.tensor([eps], dtype=work_dtype, device=x.device),
-                mean_hi, mean_lo, rstd, n_cols,
-                HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
-                COMPUTE=_triton_dtype(work_dtype), BLOCK=block, ONE_BLOCK=one_block,
+                mean_hi,
+                mean_lo,
+                rstd,
+                n_cols,
+                HAS_WEIGHT=weight is not None,
+                HAS_BIAS=bias is not None,
+                COMPUTE=_triton_dtype(work_dtype),
+                BLOCK=block,
+                ONE_BLOCK=one_block,
             )
         ctx.save_for_backward(rows, weight, bias, mean_hi, mean_lo, rstd)
         ctx.x_shape = x.shape
@@ -267,25 +396,49 @@ class TritonLayerNormFunction(torch.autograd.Function):
         dy_rows = dy.contiguous().reshape(n_rows, n_cols)
         dx = torch.empty_like(rows)
         programs = _program_count(n_rows, rows.device)
-        partial_dweight = torch.zeros(programs, n_cols, dtype=rstd.dtype, device=rows.device)
+        partial_dweight = torch.zeros(
+            programs, n_cols, dtype=rstd.dtype, device=rows.device
+        )
         partial_dbias = torch.zeros_like(partial_dweight)
         if rows.numel():
             block, one_block = _launch_config(n_cols, rows.element_size())
             _backward_kernel[(programs,)](
-                dy_rows, rows, _pointer(weight, rows), mean_hi, mean_lo, rstd, dx,
-                partial_dweight, partial_dbias, n_rows, n_cols, triton.cdiv(n_rows, programs),
-                HAS_WEIGHT=weight is not None, COMPUTE=_triton_dtype(rstd.dtype),
-                BLOCK=block, ONE_BLOCK=one_block,
+                dy_rows,
+                rows,
+                _pointer(weight, rows),
+                mean_hi,
+                mean_lo,
+                rstd,
+                dx,
+                partial_dweight,
+                partial_dbias,
+                n_rows,
+                n_cols,
+                triton.cdiv(n_rows, programs),
+                HAS_WEIGHT=weight is not None,
+                COMPUTE=_triton_dtype(rstd.dtype),
+                BLOCK=block,
+                ONE_BLOCK=one_block,
             )
         dweight = dbias = None
         if weight is not None and ctx.needs_input_grad[1]:
-            dweight = moments.pairwise_column_sum(partial_dweight).reshape(weight.shape).to(weight.dtype)
+            dweight = (
+                moments.pairwise_column_sum(partial_dweight)
+                .reshape(weight.shape)
+                .to(weight.dtype)
+            )
         if bias is not None and ctx.needs_input_grad[2]:
-            dbias = moments.pairwise_column_sum(partial_dbias).reshape(bias.shape).to(bias.dtype)
+            dbias = (
+                moments.pairwise_column_sum(partial_dbias)
+                .reshape(bias.shape)
+                .to(bias.dtype)
+            )
         return dx.reshape(ctx.x_shape), dweight, dbias, None, None
 
 
-def _pointer(param: torch.Tensor | None, fallback: torch.Tensor) -> torch.Tensor:
+def _pointer(
+    param: torch.Tensor | None, fallback: torch.Tensor
+) -> torch.Tensor:
     """A tensor to pass where a kernel expects a pointer; unused (HAS_WEIGHT=False) when param is None."""
     return fallback if param is None else param.contiguous()
 

@@ -29,7 +29,9 @@ def dtype_name(dtype: object) -> str:
 
 def as_normalized_shape(normalized_shape: int | Sequence[int]) -> tuple[int, ...]:
     """Return ``normalized_shape`` as a tuple; an int ``n`` means ``(n,)``, as in ``nn.LayerNorm``."""
-    dims = (normalized_shape,) if isinstance(normalized_shape, numbers.Integral) else normalized_shape
+    dims = (
+        (normalized_shape,) if isinstance(normalized_shape, numbers.Integral) else normalized_shape
+    )
     try:
         dims = tuple(dims)
     except TypeError:
@@ -53,7 +55,10 @@ def check_shapes(
 ) -> None:
     """Raise ``ValueError`` unless ``x`` ends in ``normalized_shape`` and weight/bias have exactly that shape."""
     x_shape = tuple(x_shape)
-    if len(normalized_shape) > len(x_shape) or x_shape[len(x_shape) - len(normalized_shape):] != normalized_shape:
+    if (
+        len(normalized_shape) > len(x_shape)
+        or x_shape[len(x_shape) - len(normalized_shape) :] != normalized_shape
+    ):
         raise ValueError(
             f"normalized_shape={normalized_shape} must match the trailing dimensions of the input, "
             f"but the input has shape {x_shape}"
@@ -95,9 +100,13 @@ def compute_dtype(x_dtype: object, weight_dtype: object | None, bias_dtype: obje
     return COMPUTE_DTYPE[x_name]
 
 
-def check_grad_output(dy_shape: Sequence[int], dy_dtype: object, x_shape: Sequence[int], x_dtype: object) -> None:
+def check_grad_output(
+    dy_shape: Sequence[int], dy_dtype: object, x_shape: Sequence[int], x_dtype: object
+) -> None:
     """The gradient of the output must have the output's shape and dtype (which are the input's)."""
     if tuple(dy_shape) != tuple(x_shape):
         raise ValueError(f"dy must have the shape of x, {tuple(x_shape)}, got {tuple(dy_shape)}")
     if dtype_name(dy_dtype) != dtype_name(x_dtype):
-        raise TypeError(f"dy must have the dtype of x, {dtype_name(x_dtype)}, got {dtype_name(dy_dtype)}")
+        raise TypeError(
+            f"dy must have the dtype of x, {dtype_name(x_dtype)}, got {dtype_name(dy_dtype)}"
+        )

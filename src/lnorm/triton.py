@@ -59,29 +59,29 @@ def layer_norm(
     )
 
 
-# --- kernels ---------------------------------------------------------------------------------
-# One program normalizes one row. A row that fits in one block (ONE_BLOCK) is loaded once and
-# stays in registers for all four steps: mean, correction, variance, output. A longer row is
-# walked block by block, once per step; the re-reads mostly hit the cache.
+# fmt: off
+# --- kernels -----------------------------------------------------------------
+# One program normalizes one row. A row that fits in one block (ONE_BLOCK) is
+# loaded once and stays in registers for all four steps: mean, correction,
+# variance, output. A longer row is walked block by block, once per step; the
+# re-reads mostly hit the cache.
 
 
 @triton.jit
-def _load_block(
-    row_ptr, start, n_cols, COMPUTE: tl.constexpr, BLOCK: tl.constexpr
-):
-    """Columns start .. start+BLOCK of a row, converted to the compute dtype; 0 beyond the row's end."""
+def _load_block(row_ptr, start, n_cols, COMPUTE: tl.constexpr,
+                BLOCK: tl.constexpr):
+    """Columns start .. start+BLOCK-1 of a row in the compute dtype, and
+    which of them lie in the row; 0 beyond the row's end."""
     cols = start + tl.arange(0, BLOCK)
     mask = cols < n_cols
-    return (
-        tl.load(row_ptr + cols, mask=mask, other=0.0).to(COMPUTE),
-        cols,
-        mask,
-    )
+    x = tl.load(row_ptr + cols, mask=mask, other=0.0).to(COMPUTE)
+    return x, cols, mask
 
 
 @triton.jit
 def _divide(a, count, COMPUTE: tl.constexpr):
-    """a / count, correctly rounded: float32 division on a GPU is otherwise approximate (2 ulp)."""
+    """a / count, correctly rounded: on a GPU float32 division is otherwise
+    approximate (2 ulp)."""
     if COMPUTE == tl.float32:
         return tl.div_rn(a, count.to(tl.float32))
     else:
@@ -97,16 +97,8 @@ def _reciprocal_sqrt(v, COMPUTE: tl.constexpr):
 
 
 @triton.jit
-def _affine(
-    x_hat,
-    weight_ptr,
-    bias_ptr,
-    cols,
-    mask,
-    HAS_WEIGHT: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    COMPUTE: tl.constexpr,
-):
+def _affine(x_hat, weight_ptr, bias_ptr, cols, mask, HAS_WEIGHT: tl.constexpr,
+            HAS_BIAS: tl.constexpr, COMPUTE: tl.constexpr):
     y = x_hat
     if HAS_WEIGHT:
         y = y * tl.load(weight_ptr + cols, mask=mask, other=0.0).to(COMPUTE)
@@ -115,24 +107,14 @@ def _affine(
     return y
 
 
-# Sizes are runtime values: without do_not_specialize Triton would turn a size of 1 into a
-# compile-time constant, which has no dtype to convert.
+# Sizes are runtime values: without do_not_specialize Triton would turn a size
+# of 1 into a compile-time constant, which has no dtype to convert.
 @triton.jit(do_not_specialize=["n_cols"])
 def _forward_kernel(
-    x_ptr,
-    y_ptr,
-    weight_ptr,
-    bias_ptr,
-    eps_ptr,
-    mean_hi_ptr,
-    mean_lo_ptr,
-    rstd_ptr,
-    n_cols,
-    HAS_WEIGHT: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    COMPUTE: tl.constexpr,
-    BLOCK: tl.constexpr,
-    ONE_BLOCK: tl.constexpr,
+    x_ptr, y_ptr, weight_ptr, bias_ptr, eps_ptr,
+    mean_hi_ptr, mean_lo_ptr, rstd_ptr, n_cols,
+    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, COMPUTE: tl.constexpr,
+    BLOCK: tl.constexpr, ONE_BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0)
     x_row = x_ptr + row * n_cols
@@ -140,30 +122,20 @@ def _forward_kernel(
     eps = tl.load(eps_ptr)
     if ONE_BLOCK:
         x, cols, mask = _load_block(x_row, 0, n_cols, COMPUTE, BLOCK)
-        hi = _divide(tl.sum(x, axis=0), n_cols, COMPUTE)  # the mean, rounded
-        centred = tl.where(
-            mask, x - hi, 0.0
-        )  # exact (Sterbenz) for rows far from zero mean
-        lo = _divide(
-            tl.sum(centred, axis=0), n_cols, COMPUTE
-        )  # the rounding error of hi
+        # 1. the mean, rounded
+        hi = _divide(tl.sum(x, axis=0), n_cols, COMPUTE)
+        # 2. exact (Sterbenz's lemma) for rows far from zero mean
+        centred = tl.where(mask, x - hi, 0.0)
+        # 3. the rounding error of hi, removed
+        lo = _divide(tl.sum(centred, axis=0), n_cols, COMPUTE)
         centred = tl.where(mask, centred - lo, 0.0)
-        rstd = _reciprocal_sqrt(
-            _divide(tl.sum(centred * centred, axis=0), n_cols, COMPUTE) + eps,
-            COMPUTE,
-        )
-        y = _affine(
-            centred * rstd,
-            weight_ptr,
-            bias_ptr,
-            cols,
-            mask,
-            HAS_WEIGHT,
-            HAS_BIAS,
-            COMPUTE,
-        )
+        # 4. variance, rstd and the output
+        var = _divide(tl.sum(centred * centred, axis=0), n_cols, COMPUTE)
+        rstd = _reciprocal_sqrt(var + eps, COMPUTE)
+        y = _affine(centred * rstd, weight_ptr, bias_ptr, cols, mask,
+                    HAS_WEIGHT, HAS_BIAS, COMPUTE)
         tl.store(y_row + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
-    else:
+    else:  # the same four steps, each a walk over the row's blocks
         total = tl.zeros([BLOCK], dtype=COMPUTE)
         for start in range(0, n_cols, BLOCK):
             x, cols, mask = _load_block(x_row, start, n_cols, COMPUTE, BLOCK)
@@ -179,150 +151,117 @@ def _forward_kernel(
             x, cols, mask = _load_block(x_row, start, n_cols, COMPUTE, BLOCK)
             centred = tl.where(mask, (x - hi) - lo, 0.0)
             total += centred * centred
-        rstd = _reciprocal_sqrt(
-            _divide(tl.sum(total, axis=0), n_cols, COMPUTE) + eps, COMPUTE
-        )
+        var = _divide(tl.sum(total, axis=0), n_cols, COMPUTE)
+        rstd = _reciprocal_sqrt(var + eps, COMPUTE)
         for start in range(0, n_cols, BLOCK):
             x, cols, mask = _load_block(x_row, start, n_cols, COMPUTE, BLOCK)
-            y = _affine(
-                ((x - hi) - lo) * rstd,
-                weight_ptr,
-                bias_ptr,
-                cols,
-                mask,
-                HAS_WEIGHT,
-                HAS_BIAS,
-                COMPUTE,
-            )
+            y = _affine(((x - hi) - lo) * rstd, weight_ptr, bias_ptr, cols,
+                        mask, HAS_WEIGHT, HAS_BIAS, COMPUTE)
             tl.store(y_row + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
-    # The mean is saved as the unevaluated sum hi + lo, so that the backward pass can recompute
-    # x_hat as accurately as the forward pass did: hi + lo rounded to one number would lose lo.
+    # The mean is saved as the unevaluated sum hi + lo, so that the backward
+    # pass can recompute x_hat as accurately as the forward pass did: hi + lo
+    # rounded to one number would lose lo.
     tl.store(mean_hi_ptr + row, hi)
     tl.store(mean_lo_ptr + row, lo)
     tl.store(rstd_ptr + row, rstd)
 
 
-@triton.jit(do_not_specialize=["n_rows", "n_cols", "rows_per_program"])
-def _backward_kernel(
-    dy_ptr,
-    x_ptr,
+@triton.jit
+def _backward_block(
+    x_row,
+    dy_row,
     weight_ptr,
-    mean_hi_ptr,
-    mean_lo_ptr,
-    rstd_ptr,
-    dx_ptr,
-    partial_dweight_ptr,
-    partial_dbias_ptr,
-    n_rows,
+    start,
     n_cols,
-    rows_per_program,
+    hi,
+    lo,
+    rstd,
     HAS_WEIGHT: tl.constexpr,
     COMPUTE: tl.constexpr,
     BLOCK: tl.constexpr,
-    ONE_BLOCK: tl.constexpr,
 ):
-    # Each program takes a run of rows and adds up its own partial dweight and dbias in its own
-    # row of the partial buffers: no two programs write the same place, so no locks are needed.
-    # The partial rows are summed pairwise afterwards, in float32 (or float64).
+    """For one block of a row: x_hat (recomputed from x and the saved
+    statistics), g = dy * weight, and dy."""
+    x, cols, mask = _load_block(x_row, start, n_cols, COMPUTE, BLOCK)
+    dy, cols, mask = _load_block(dy_row, start, n_cols, COMPUTE, BLOCK)
+    x_hat = tl.where(mask, ((x - hi) - lo) * rstd, 0.0)
+    g = dy
+    if HAS_WEIGHT:
+        g = dy * tl.load(weight_ptr + cols, mask=mask, other=0.0).to(COMPUTE)
+    return x_hat, g, dy, cols, mask
+
+
+@triton.jit(do_not_specialize=["n_rows", "n_cols", "rows_per_program"])
+def _backward_kernel(
+    dy_ptr, x_ptr, weight_ptr, mean_hi_ptr, mean_lo_ptr, rstd_ptr, dx_ptr,
+    partial_dweight_ptr, partial_dbias_ptr, n_rows, n_cols, rows_per_program,
+    HAS_WEIGHT: tl.constexpr, COMPUTE: tl.constexpr,
+    BLOCK: tl.constexpr, ONE_BLOCK: tl.constexpr,
+):
+    # Each program takes a run of rows and adds up its own partial dweight and
+    # dbias in its own row of the partial buffers: no two programs write the
+    # same place, so no locks are needed. The partial rows are summed pairwise
+    # afterwards, in float32 (or float64).
     program = tl.program_id(0)
     first_row = program * rows_per_program
     last_row = tl.minimum(first_row + rows_per_program, n_rows)
     partial_dweight_row = partial_dweight_ptr + program * n_cols
     partial_dbias_row = partial_dbias_ptr + program * n_cols
-    if ONE_BLOCK:
-        cols = tl.arange(0, BLOCK)
-        mask = cols < n_cols
-        weight = tl.full([BLOCK], 1.0, COMPUTE)
-        if HAS_WEIGHT:
-            weight = tl.load(weight_ptr + cols, mask=mask, other=0.0).to(
-                COMPUTE
-            )
+    if ONE_BLOCK:  # the partial sums stay in registers across the rows
         dweight = tl.zeros([BLOCK], dtype=COMPUTE)
         dbias = tl.zeros([BLOCK], dtype=COMPUTE)
         for row in range(first_row, last_row):
-            x, cols, mask = _load_block(
-                x_ptr + row * n_cols, 0, n_cols, COMPUTE, BLOCK
-            )
-            dy, cols, mask = _load_block(
-                dy_ptr + row * n_cols, 0, n_cols, COMPUTE, BLOCK
-            )
+            x_row, dy_row = x_ptr + row * n_cols, dy_ptr + row * n_cols
+            hi, lo = tl.load(mean_hi_ptr + row), tl.load(mean_lo_ptr + row)
             rstd = tl.load(rstd_ptr + row)
-            x_hat = tl.where(
-                mask,
-                ((x - tl.load(mean_hi_ptr + row)) - tl.load(mean_lo_ptr + row))
-                * rstd,
-                0.0,
-            )
-            g = dy * weight
+            x_hat, g, dy, cols, mask = _backward_block(
+                x_row, dy_row, weight_ptr, 0, n_cols, hi, lo, rstd,
+                HAS_WEIGHT, COMPUTE, BLOCK)
             mean_g = _divide(tl.sum(g, axis=0), n_cols, COMPUTE)
-            mean_g_x_hat = _divide(tl.sum(g * x_hat, axis=0), n_cols, COMPUTE)
-            dx = (g - mean_g - x_hat * mean_g_x_hat) * rstd
-            tl.store(
-                dx_ptr + row * n_cols + cols,
-                dx.to(dx_ptr.dtype.element_ty),
-                mask=mask,
-            )
+            mean_gx = _divide(tl.sum(g * x_hat, axis=0), n_cols, COMPUTE)
+            dx = (g - mean_g - x_hat * mean_gx) * rstd
+            dx_row = dx_ptr + row * n_cols
+            tl.store(dx_row + cols, dx.to(dx_ptr.dtype.element_ty), mask=mask)
             dweight += dy * x_hat
             dbias += dy
-        tl.store(partial_dweight_row + cols, dweight, mask=mask)
-        tl.store(partial_dbias_row + cols, dbias, mask=mask)
-    else:
+        cols = tl.arange(0, BLOCK)
+        tl.store(partial_dweight_row + cols, dweight, mask=cols < n_cols)
+        tl.store(partial_dbias_row + cols, dbias, mask=cols < n_cols)
+    else:  # two passes over each row; the partial sums live in the buffer
         for row in range(first_row, last_row):
-            hi = tl.load(mean_hi_ptr + row)
-            lo = tl.load(mean_lo_ptr + row)
+            x_row, dy_row = x_ptr + row * n_cols, dy_ptr + row * n_cols
+            hi, lo = tl.load(mean_hi_ptr + row), tl.load(mean_lo_ptr + row)
             rstd = tl.load(rstd_ptr + row)
             sum_g = tl.zeros([BLOCK], dtype=COMPUTE)
-            sum_g_x_hat = tl.zeros([BLOCK], dtype=COMPUTE)
+            sum_gx = tl.zeros([BLOCK], dtype=COMPUTE)
             for start in range(0, n_cols, BLOCK):
-                x, cols, mask = _load_block(
-                    x_ptr + row * n_cols, start, n_cols, COMPUTE, BLOCK
-                )
-                dy, cols, mask = _load_block(
-                    dy_ptr + row * n_cols, start, n_cols, COMPUTE, BLOCK
-                )
-                x_hat = tl.where(mask, ((x - hi) - lo) * rstd, 0.0)
-                g = dy
-                if HAS_WEIGHT:
-                    g = dy * tl.load(
-                        weight_ptr + cols, mask=mask, other=0.0
-                    ).to(COMPUTE)
+                x_hat, g, dy, cols, mask = _backward_block(
+                    x_row, dy_row, weight_ptr, start, n_cols, hi, lo, rstd,
+                    HAS_WEIGHT, COMPUTE, BLOCK)
                 sum_g += g
-                sum_g_x_hat += g * x_hat
+                sum_gx += g * x_hat
             mean_g = _divide(tl.sum(sum_g, axis=0), n_cols, COMPUTE)
-            mean_g_x_hat = _divide(
-                tl.sum(sum_g_x_hat, axis=0), n_cols, COMPUTE
-            )
+            mean_gx = _divide(tl.sum(sum_gx, axis=0), n_cols, COMPUTE)
             for start in range(0, n_cols, BLOCK):
-                x, cols, mask = _load_block(
-                    x_ptr + row * n_cols, start, n_cols, COMPUTE, BLOCK
-                )
-                dy, cols, mask = _load_block(
-                    dy_ptr + row * n_cols, start, n_cols, COMPUTE, BLOCK
-                )
-                x_hat = tl.where(mask, ((x - hi) - lo) * rstd, 0.0)
-                g = dy
-                if HAS_WEIGHT:
-                    g = dy * tl.load(
-                        weight_ptr + cols, mask=mask, other=0.0
-                    ).to(COMPUTE)
-                dx = (g - mean_g - x_hat * mean_g_x_hat) * rstd
+                x_hat, g, dy, cols, mask = _backward_block(
+                    x_row, dy_row, weight_ptr, start, n_cols, hi, lo, rstd,
+                    HAS_WEIGHT, COMPUTE, BLOCK)
+                dx = (g - mean_g - x_hat * mean_gx) * rstd
+                dx_row = dx_ptr + row * n_cols
                 tl.store(
-                    dx_ptr + row * n_cols + cols,
-                    dx.to(dx_ptr.dtype.element_ty),
-                    mask=mask,
+                    dx_row + cols, dx.to(dx_ptr.dtype.element_ty), mask=mask
                 )
                 # this program's own partial row: read, add, write back
-                dweight = tl.load(
-                    partial_dweight_row + cols, mask=mask, other=0.0
-                )
+                dweight = tl.load(partial_dweight_row + cols, mask=mask)
                 tl.store(
                     partial_dweight_row + cols, dweight + dy * x_hat, mask=mask
                 )
-                dbias = tl.load(partial_dbias_row + cols, mask=mask, other=0.0)
+                dbias = tl.load(partial_dbias_row + cols, mask=mask)
                 tl.store(partial_dbias_row + cols, dbias + dy, mask=mask)
 
 
-# --- launching ---------------------------------------------------------------------------------
+# fmt: on
+# --- launching ---------------------------------------------------------------
 
 
 def _launch_config(n_cols: int, element_size: int) -> tuple[int, bool]:

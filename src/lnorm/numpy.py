@@ -93,7 +93,9 @@ def layer_norm_backward(
         weight_row = None if weight is None else weight.reshape(-1).astype(work_dtype)
         with np.errstate(invalid="ignore", divide="ignore"):  # NaN rows stay NaN, silently
             x_hat, rstd = moments.standardize(rows, eps)
-            dx, dweight, dbias = gradients.layer_norm_backward_rows(dy_rows, x_hat, rstd, weight_row)
+            dx, dweight, dbias = gradients.layer_norm_backward_rows(
+                dy_rows, x_hat, rstd, weight_row
+            )
         dx = dx.reshape(x.shape).astype(x.dtype, copy=False)
     return (
         dx,
@@ -102,21 +104,27 @@ def layer_norm_backward(
     )
 
 
-def _checked(x, normalized_shape, weight, bias, eps):
-    """The argument checks shared by forward and backward; returns the arguments as arrays."""
+def _checked(
+    x: ArrayLike,
+    normalized_shape: int | Sequence[int],
+    weight: ArrayLike | None,
+    bias: ArrayLike | None,
+    eps: float,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, int, str, float]:
+    """The argument checks shared by forward and backward.
+
+    Returns x, weight and bias as arrays, the row length, the name of the
+    working dtype, and eps.
+    """
     x = np.asarray(x)
     weight = None if weight is None else np.asarray(weight)
     bias = None if bias is None else np.asarray(bias)
     normalized_shape = validation.as_normalized_shape(normalized_shape)
-    validation.check_shapes(x.shape, normalized_shape, _shape(weight), _shape(bias))
-    work_dtype = validation.compute_dtype(x.dtype, _dtype(weight), _dtype(bias))
+    validation.check_shapes(
+        x.shape, normalized_shape, validation.shape_of(weight), validation.shape_of(bias)
+    )
+    work_dtype = validation.compute_dtype(
+        x.dtype, validation.dtype_of(weight), validation.dtype_of(bias)
+    )
     eps = validation.check_eps(eps)
     return x, weight, bias, int(np.prod(normalized_shape)), work_dtype, eps
-
-
-def _shape(a: np.ndarray | None) -> tuple[int, ...] | None:
-    return None if a is None else a.shape
-
-
-def _dtype(a: np.ndarray | None) -> np.dtype | None:
-    return None if a is None else a.dtype

@@ -53,8 +53,10 @@ def checked_arguments(
         if param.device != x.device:
             raise ValueError(f"{name} is on {param.device} but the input is on {x.device}")
     normalized_shape = validation.as_normalized_shape(normalized_shape)
-    validation.check_shapes(x.shape, normalized_shape, _shape(weight), _shape(bias))
-    validation.compute_dtype(x.dtype, _dtype(weight), _dtype(bias))
+    validation.check_shapes(
+        x.shape, normalized_shape, validation.shape_of(weight), validation.shape_of(bias)
+    )
+    validation.compute_dtype(x.dtype, validation.dtype_of(weight), validation.dtype_of(bias))
     return normalized_shape, validation.check_eps(eps)
 
 
@@ -68,14 +70,26 @@ class LayerNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, normalized_shape, eps):
-        work_dtype = getattr(torch, validation.compute_dtype(x.dtype, _dtype(weight), _dtype(bias)))
+        work_dtype = getattr(
+            torch,
+            validation.compute_dtype(
+                x.dtype, validation.dtype_of(weight), validation.dtype_of(bias)
+            ),
+        )
         batch_dims = x.dim() - len(normalized_shape)
         rows = x.reshape(x.shape[:batch_dims].numel(), x.shape[batch_dims:].numel()).to(work_dtype)
         x_hat, rstd = moments.standardize(rows, eps)
         ctx.save_for_backward(
             x_hat, rstd, None if weight is None else weight.reshape(-1).to(work_dtype)
         )
-        ctx.shapes = (x.shape, x.dtype, _shape(weight), _dtype(weight), _shape(bias), _dtype(bias))
+        ctx.shapes = (
+            x.shape,
+            x.dtype,
+            validation.shape_of(weight),
+            validation.dtype_of(weight),
+            validation.shape_of(bias),
+            validation.dtype_of(bias),
+        )
         # The output is computed in the input's shape (weight and bias broadcast over its
         # trailing dimensions) so that it is a new tensor, never a view of a saved one.
         y = x_hat.view(x.shape)
@@ -102,11 +116,3 @@ class LayerNormFunction(torch.autograd.Function):
             None,
             None,
         )
-
-
-def _shape(t: torch.Tensor | None) -> torch.Size | None:
-    return None if t is None else t.shape
-
-
-def _dtype(t: torch.Tensor | None) -> torch.dtype | None:
-    return None if t is None else t.dtype

@@ -27,6 +27,16 @@ def dtype_name(dtype: object) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def shape_of(a: object | None) -> tuple[int, ...] | None:
+    """The shape of an array or tensor, or None for an absent weight or bias."""
+    return None if a is None else tuple(a.shape)
+
+
+def dtype_of(a: object | None) -> object | None:
+    """The dtype of an array or tensor, or None for an absent weight or bias."""
+    return None if a is None else a.dtype
+
+
 def as_normalized_shape(normalized_shape: int | Sequence[int]) -> tuple[int, ...]:
     """Return ``normalized_shape`` as a tuple; an int ``n`` means ``(n,)``, as in ``nn.LayerNorm``."""
     dims = (

@@ -271,6 +271,12 @@ def _launch_config(n_cols: int, element_size: int) -> tuple[int, bool]:
     return block, n_cols <= block
 
 
+def _num_warps(block: int) -> int:
+    """Warps per program: more for larger blocks, so that each thread holds
+    few elements (Triton's tutorial heuristic); the interpreter ignores it."""
+    return min(max(block // 256, 1), 8)
+
+
 def _program_count(n_rows: int, device: torch.device) -> int:
     """How many programs share the backward pass: enough to fill the GPU, few enough that the
     partial sums stay small. (The interpreter runs programs one after another: the count only
@@ -322,6 +328,7 @@ class TritonLayerNormFunction(torch.autograd.Function):
                 COMPUTE=_triton_dtype(work_dtype),
                 BLOCK=block,
                 ONE_BLOCK=one_block,
+                num_warps=_num_warps(block),
             )
         ctx.save_for_backward(rows, weight, bias, mean_hi, mean_lo, rstd)
         ctx.x_shape = x.shape
@@ -358,6 +365,7 @@ class TritonLayerNormFunction(torch.autograd.Function):
                 COMPUTE=_triton_dtype(rstd.dtype),
                 BLOCK=block,
                 ONE_BLOCK=one_block,
+                num_warps=_num_warps(block),
             )
         dweight = dbias = None
         if weight is not None and ctx.needs_input_grad[1]:

@@ -13,7 +13,7 @@ NOTEBOOKS := $(shell find book -name '*.ipynb' -not -path '*/.ipynb_checkpoints/
 .PHONY: book test unit notebooks lab bench lock clean
 
 book: $(STAMP)
-	$(BIN)/jupyter-book build . --warningiserror --keep-going
+	$(BIN)/jupyter-book build . --all --warningiserror --keep-going
 	@echo "Open the book: _build/html/index.html"
 
 test: unit notebooks book

@@ -30,10 +30,9 @@ _INT_OF_FLOAT = {
 
 def as_numpy(a: object) -> np.ndarray:
     """A NumPy view or copy of an array or (CPU or GPU, bfloat16 too) torch tensor."""
-    if hasattr(
-        a, "detach"
-    ):  # a torch tensor; NumPy has no bfloat16, so widen it exactly to float32
+    if hasattr(a, "detach"):  # a torch tensor
         a = a.detach().cpu()
+        # NumPy has no bfloat16: widen it, exactly, to float32
         if str(a.dtype) == "torch.bfloat16":
             a = a.float()
         return a.numpy()

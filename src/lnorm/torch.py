@@ -31,8 +31,8 @@ def layer_norm(
     has the input's dtype, shape and device; the input is not modified. It is
     differentiable once in x, weight and bias (a second derivative raises).
     """
-    normalized_shape, eps = checked_arguments(x, normalized_shape, weight, bias, eps)
-    return LayerNormFunction.apply(x, weight, bias, normalized_shape, eps)
+    normalized_shape, eps, work_dtype = checked_arguments(x, normalized_shape, weight, bias, eps)
+    return LayerNormFunction.apply(x, weight, bias, normalized_shape, eps, work_dtype)
 
 
 def checked_arguments(
@@ -41,8 +41,11 @@ def checked_arguments(
     weight: torch.Tensor | None,
     bias: torch.Tensor | None,
     eps: float,
-) -> tuple[tuple[int, ...], float]:
-    """The argument checks of every torch-based backend; returns normalized_shape as a tuple, and eps."""
+) -> tuple[tuple[int, ...], float, torch.dtype]:
+    """The argument checks of every torch-based backend.
+
+    Returns normalized_shape as a tuple, eps, and the dtype to compute in.
+    """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     for name, param in (("weight", weight), ("bias", bias)):
@@ -56,8 +59,10 @@ def checked_arguments(
     validation.check_shapes(
         x.shape, normalized_shape, validation.shape_of(weight), validation.shape_of(bias)
     )
-    validation.compute_dtype(x.dtype, validation.dtype_of(weight), validation.dtype_of(bias))
-    return normalized_shape, validation.check_eps(eps)
+    work_dtype = validation.compute_dtype(
+        x.dtype, validation.dtype_of(weight), validation.dtype_of(bias)
+    )
+    return normalized_shape, validation.check_eps(eps), getattr(torch, work_dtype)
 
 
 class LayerNormFunction(torch.autograd.Function):
@@ -69,13 +74,7 @@ class LayerNormFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, normalized_shape, eps):
-        work_dtype = getattr(
-            torch,
-            validation.compute_dtype(
-                x.dtype, validation.dtype_of(weight), validation.dtype_of(bias)
-            ),
-        )
+    def forward(ctx, x, weight, bias, normalized_shape, eps, work_dtype):
         batch_dims = x.dim() - len(normalized_shape)
         rows = x.reshape(x.shape[:batch_dims].numel(), x.shape[batch_dims:].numel()).to(work_dtype)
         x_hat, rstd = moments.standardize(rows, eps)
@@ -113,6 +112,7 @@ class LayerNormFunction(torch.autograd.Function):
             dx.reshape(x_shape).to(x_dtype) if needs_x else None,
             dweight.reshape(weight_shape).to(weight_dtype) if needs_weight else None,
             dbias.reshape(bias_shape).to(bias_dtype) if needs_bias else None,
+            None,
             None,
             None,
         )

@@ -45,7 +45,7 @@ def layer_norm(
     Differentiable once in x, weight and bias. float16 and bfloat16 inputs are
     loaded as they are and computed in float32; float64 is computed in float64.
     """
-    normalized_shape, eps = lnorm.torch.checked_arguments(
+    normalized_shape, eps, work_dtype = lnorm.torch.checked_arguments(
         x, normalized_shape, weight, bias, eps
     )
     if not x.is_cuda and not INTERPRETED:
@@ -55,7 +55,7 @@ def layer_norm(
             "before lnorm.triton is imported."
         )
     return TritonLayerNormFunction.apply(
-        x, weight, bias, normalized_shape, eps
+        x, weight, bias, normalized_shape, eps, work_dtype
     )
 
 
@@ -299,10 +299,7 @@ class TritonLayerNormFunction(torch.autograd.Function):
     """Forward and backward by the kernels above; saves x, the two-part mean and rstd."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, normalized_shape, eps):
-        work_dtype = (
-            torch.float64 if x.dtype == torch.float64 else torch.float32
-        )
+    def forward(ctx, x, weight, bias, normalized_shape, eps, work_dtype):
         n_cols = x.shape[x.dim() - len(normalized_shape) :].numel()
         n_rows = x.numel() // n_cols if n_cols else 0
         rows = x.contiguous().reshape(n_rows, n_cols)
@@ -380,7 +377,7 @@ class TritonLayerNormFunction(torch.autograd.Function):
                 .reshape(bias.shape)
                 .to(bias.dtype)
             )
-        return dx.reshape(ctx.x_shape), dweight, dbias, None, None
+        return dx.reshape(ctx.x_shape), dweight, dbias, None, None, None
 
 
 def _pointer(

@@ -22,11 +22,18 @@ from __future__ import annotations
 
 from typing import TypeVar
 
+import numpy as np
+
 Array = TypeVar("Array")  # a numpy.ndarray or a torch.Tensor
 
 
 def _mean(rows: Array) -> Array:
     return rows.mean(axis=-1, keepdims=True)
+
+
+def _sqrt(values: Array) -> Array:
+    """The correctly rounded square root of a NumPy array or a torch tensor."""
+    return values.sqrt() if hasattr(values, "sqrt") else np.sqrt(values)
 
 
 def one_pass(rows: Array) -> tuple[Array, Array]:
@@ -159,7 +166,10 @@ def standardize(
         squares = scratch
         squares[...] = centred
         squares *= centred
-    rstd = (_mean(squares) + eps) ** -0.5
+    # sqrt and division are correctly rounded on every IEEE machine; a power
+    # ``** -0.5`` may go to a vendor math library that is not, and would make the
+    # last bit depend on the CPU.
+    rstd = 1 / _sqrt(_mean(squares) + eps)
     centred *= rstd
     return centred, rstd
 

@@ -1,8 +1,8 @@
 """Accuracy targets of the float32 backends, against a float64 reference.
 
 Error is measured in float32 eps x max|y_ref| (lnorm.errors.eps_units). Target: at
-most 2 at every mean offset up to 1e6, for rows of N(offset, 1) and N(offset, 1e-2),
-and never worse than torch.nn.functional.layer_norm beyond that target.
+most 2 at every mean offset up to 1e6, for rows of N(offset, 1) and N(offset, 1e-2).
+(torch.nn.functional.layer_norm's float32 error grows with the offset instead: chapter 4.)
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from conftest import BACKENDS
 from lnorm import errors
@@ -29,10 +28,7 @@ def test_float32_error_within_two_eps_at_any_offset(
     x = np.random.default_rng(n).normal(offset, std, size=(rows, n)).astype(np.float32)
     reference = errors.reference_layer_norm(x, n)
     x = torch.from_numpy(x)
-    ours = errors.eps_units(layer_norm(x, n), reference)
-    theirs = errors.eps_units(F.layer_norm(x, (n,)), reference)
-    assert ours <= TARGET
-    assert ours <= max(theirs, TARGET)
+    assert errors.eps_units(layer_norm(x, n), reference) <= TARGET
 
 
 def test_float32_error_with_weight_and_bias(layer_norm) -> None:

@@ -27,17 +27,27 @@ Array = TypeVar("Array")  # a numpy.ndarray or a torch.Tensor
 
 
 def layer_norm_backward_rows(
-    dy: Array, x_hat: Array, rstd: Array, weight: Array | None
-) -> tuple[Array, Array, Array]:
+    dy: Array,
+    x_hat: Array,
+    rstd: Array,
+    weight: Array | None,
+    needs: tuple[bool, bool, bool] = (True, True, True),
+) -> tuple[Array | None, Array | None, Array | None]:
     """``(dx, dweight, dbias)`` for rows of shape (M, N), with ``rstd`` of shape (M, 1).
 
     ``dweight`` and ``dbias`` are pairwise sums over the M rows, so their error
-    grows like ``log2(M)``, not ``M``.
+    grows like ``log2(M)``, not ``M``. ``needs`` says which of the three to
+    compute (autograd's ``needs_input_grad``); the others are None.
     """
-    g = dy if weight is None else dy * weight
-    mean_g = g.mean(axis=-1, keepdims=True)
-    mean_g_x_hat = (g * x_hat).mean(axis=-1, keepdims=True)
-    dx = (g - mean_g - x_hat * mean_g_x_hat) * rstd
-    dweight = pairwise_column_sum(dy * x_hat)
-    dbias = pairwise_column_sum(dy)
+    needs_dx, needs_dweight, needs_dbias = needs
+    dx = dweight = dbias = None
+    if needs_dx:
+        g = dy if weight is None else dy * weight
+        mean_g = g.mean(axis=-1, keepdims=True)
+        mean_g_x_hat = (g * x_hat).mean(axis=-1, keepdims=True)
+        dx = (g - mean_g - x_hat * mean_g_x_hat) * rstd
+    if needs_dweight:
+        dweight = pairwise_column_sum(dy * x_hat)
+    if needs_dbias:
+        dbias = pairwise_column_sum(dy)
     return dx, dweight, dbias

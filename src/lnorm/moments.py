@@ -125,6 +125,17 @@ def centre(rows: Array, out: Array | None = None) -> tuple[Array, Array]:
     The centred rows are written to ``out`` if given (it may have a wider dtype
     than ``rows``), else to a new array; ``rows`` is never modified.
     """
+    centred, m1, m2 = centre_parts(rows, out)
+    return centred, m1 + m2
+
+
+def centre_parts(rows: Array, out: Array | None = None) -> tuple[Array, Array, Array]:
+    """:func:`centre`, with the mean returned unevaluated: ``(centred, m1, m2)``.
+
+    The mean is ``m1 + m2``; rounding that sum to one number would lose ``m2``.
+    Keeping both lets a backward pass recompute ``(x - m1) - m2`` bit for bit
+    as the forward pass did, from the input and two numbers per row.
+    """
     m1 = _mean(rows)
     if out is None:
         centred = rows - m1
@@ -134,7 +145,7 @@ def centre(rows: Array, out: Array | None = None) -> tuple[Array, Array]:
         centred -= m1
     m2 = _mean(centred)
     centred -= m2
-    return centred, m1 + m2
+    return centred, m1, m2
 
 
 def shifted_two_pass(rows: Array) -> tuple[Array, Array]:
@@ -159,7 +170,18 @@ def standardize(
     deviations. Passing both (of the rows' shape) makes the call allocate
     nothing of the rows' size, which is what keeps a blocked loop fast.
     """
-    centred, _ = centre(rows, out)
+    centred, _, _ = centre_parts(rows, out)
+    rstd = reciprocal_std(centred, eps, scratch)
+    centred *= rstd
+    return centred, rstd
+
+
+def reciprocal_std(centred: Array, eps: float, scratch: Array | None = None) -> Array:
+    """``1 / sqrt(mean(centred**2) + eps)`` per row, for rows already centred.
+
+    ``scratch``, if given (of the rows' shape), holds the squares, so that
+    nothing of the rows' size is allocated.
+    """
     if scratch is None:
         squares = centred * centred
     else:
@@ -169,9 +191,7 @@ def standardize(
     # sqrt and division are correctly rounded on every IEEE machine; a power
     # ``** -0.5`` may go to a vendor math library that is not, and would make the
     # last bit depend on the CPU.
-    rstd = 1 / _sqrt(_mean(squares) + eps)
-    centred *= rstd
-    return centred, rstd
+    return 1 / _sqrt(_mean(squares) + eps)
 
 
 def pairwise_column_sum(rows: Array) -> Array:

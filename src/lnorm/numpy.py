@@ -94,7 +94,7 @@ def layer_norm_backward(
         with np.errstate(invalid="ignore", divide="ignore"):  # NaN rows stay NaN, silently
             x_hat, rstd = moments.standardize(rows, eps)
             dx, dweight, dbias = gradients.layer_norm_backward_rows(
-                dy_rows, x_hat, rstd, weight_row
+                dy_rows, x_hat, rstd, weight_row, needs=(True, weight is not None, bias is not None)
             )
         dx = dx.reshape(x.shape).astype(x.dtype, copy=False)
     return (

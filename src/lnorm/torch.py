@@ -53,8 +53,8 @@ def checked_arguments(
             continue
         if not isinstance(param, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor or None, got {type(param).__name__}")
-        if param.device != x.device:
-            raise ValueError(f"{name} is on {param.device} but the input is on {x.device}")
+        if param.device != x.device:  # RuntimeError, as torch raises
+            raise RuntimeError(f"{name} is on {param.device} but the input is on {x.device}")
     normalized_shape = validation.as_normalized_shape(normalized_shape)
     validation.check_shapes(
         x.shape, normalized_shape, validation.shape_of(weight), validation.shape_of(bias)
@@ -68,32 +68,26 @@ def checked_arguments(
 class LayerNormFunction(torch.autograd.Function):
     """Forward by the shifted two-pass algorithm; backward by the centred formula.
 
-    The forward pass saves ``x_hat`` (in the working dtype) and ``rstd`` for the
-    backward pass: recomputing ``x_hat`` from ``x`` and a saved mean would
-    bring back the mean's rounding error that the forward pass removed.
+    It saves what torch's own kernel saves: the input (no copy: autograd keeps
+    it alive anyway), the mean and ``rstd`` per row, and the weight. The mean is
+    kept as its two parts ``m1 + m2`` (:func:`lnorm.moments.centre_parts`), so
+    that the backward pass recomputes ``x_hat = ((x - m1) - m2) * rstd`` bit for
+    bit as the forward pass did: a mean rounded to one number would bring back
+    the rounding error that the forward pass removed.
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, normalized_shape, eps, work_dtype):
-        batch_dims = x.dim() - len(normalized_shape)
-        rows = x.reshape(x.shape[:batch_dims].numel(), x.shape[batch_dims:].numel()).to(work_dtype)
-        x_hat, rstd = moments.standardize(rows, eps)
-        ctx.save_for_backward(
-            x_hat, rstd, None if weight is None else weight.reshape(-1).to(work_dtype)
-        )
-        ctx.shapes = (
-            x.shape,
-            x.dtype,
-            validation.shape_of(weight),
-            validation.dtype_of(weight),
-            validation.shape_of(bias),
-            validation.dtype_of(bias),
-        )
-        # The output is computed in the input's shape (weight and bias broadcast over its
-        # trailing dimensions) so that it is a new tensor, never a view of a saved one.
-        y = x_hat.view(x.shape)
-        if weight is None and bias is None:
-            return y.to(x.dtype, copy=True)
+        rows = _rows(x, normalized_shape, work_dtype)
+        centred, mean_hi, mean_lo = moments.centre_parts(rows)
+        rstd = moments.reciprocal_std(centred, eps)
+        ctx.save_for_backward(x, mean_hi, mean_lo, rstd, weight)
+        ctx.normalized_shape, ctx.work_dtype = normalized_shape, work_dtype
+        ctx.bias_shape, ctx.bias_dtype = validation.shape_of(bias), validation.dtype_of(bias)
+        # Multiplied in the input's shape, so that y is a new tensor and not a view
+        # (a Function may not return a view), with rstd broadcast over each row's dimensions.
+        batch_shape = x.shape[: x.dim() - len(normalized_shape)]
+        y = centred.view(x.shape) * rstd.view(*batch_shape, *[1] * len(normalized_shape))
         if weight is not None:
             y = y * weight.to(work_dtype)
         if bias is not None:
@@ -101,18 +95,28 @@ class LayerNormFunction(torch.autograd.Function):
         return y.to(x.dtype)
 
     @staticmethod
-    @once_differentiable  # x_hat was saved without a graph: a second derivative would be wrong, so it raises
+    @once_differentiable  # nothing was saved with a graph: a second derivative would be wrong, so it raises
     def backward(ctx, dy):
-        x_hat, rstd, weight_row = ctx.saved_tensors
-        x_shape, x_dtype, weight_shape, weight_dtype, bias_shape, bias_dtype = ctx.shapes
-        dy_rows = dy.reshape(x_hat.shape).to(x_hat.dtype)
-        dx, dweight, dbias = gradients.layer_norm_backward_rows(dy_rows, x_hat, rstd, weight_row)
-        needs_x, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+        x, mean_hi, mean_lo, rstd, weight = ctx.saved_tensors
+        needs = ctx.needs_input_grad[:3]
+        rows = _rows(x, ctx.normalized_shape, ctx.work_dtype)
+        x_hat = ((rows - mean_hi) - mean_lo) * rstd
+        dy_rows = dy.reshape(x_hat.shape).to(ctx.work_dtype)
+        weight_row = None if weight is None else weight.reshape(-1).to(ctx.work_dtype)
+        dx, dweight, dbias = gradients.layer_norm_backward_rows(
+            dy_rows, x_hat, rstd, weight_row, needs
+        )
         return (
-            dx.reshape(x_shape).to(x_dtype) if needs_x else None,
-            dweight.reshape(weight_shape).to(weight_dtype) if needs_weight else None,
-            dbias.reshape(bias_shape).to(bias_dtype) if needs_bias else None,
+            None if dx is None else dx.reshape(x.shape).to(x.dtype),
+            None if dweight is None else dweight.reshape(weight.shape).to(weight.dtype),
+            None if dbias is None else dbias.reshape(ctx.bias_shape).to(ctx.bias_dtype),
             None,
             None,
             None,
         )
+
+
+def _rows(x: torch.Tensor, normalized_shape: tuple[int, ...], work_dtype: torch.dtype) -> torch.Tensor:
+    """``x`` as a matrix of rows of length prod(normalized_shape), in the working dtype."""
+    batch_dims = x.dim() - len(normalized_shape)
+    return x.reshape(x.shape[:batch_dims].numel(), x.shape[batch_dims:].numel()).to(work_dtype)

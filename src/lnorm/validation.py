@@ -4,6 +4,21 @@
 accepted, and what it rejects is rejected here too, with a message that names
 the argument and the shapes involved. The checks work on plain shapes and dtype
 names so that NumPy arrays and torch tensors go through the same code.
+
+Deliberate deviations from torch, all of them on input torch also rejects or
+silently turns into NaN (this is the one place that lists them):
+
+- The exception types follow Python's conventions: a wrong shape is a
+  ``ValueError`` and a wrong dtype or argument type a ``TypeError``, where
+  torch raises ``RuntimeError`` for both. A weight or bias on another device
+  than the input raises ``RuntimeError``, as in torch.
+- ``eps`` must be finite and ``>= 0``: torch accepts a negative ``eps`` (and
+  returns NaN wherever ``var + eps < 0``) and an infinite one (and returns
+  zeros); both are almost certainly bugs in the caller, so they are errors here.
+- ``lnorm.numpy`` has no bfloat16 (NumPy has no such dtype).
+
+Apart from ``eps``, every input torch accepts is accepted, with the same result dtype
+and shape; the tests check this over every combination of input and parameter dtypes.
 """
 
 from __future__ import annotations
@@ -93,7 +108,8 @@ def compute_dtype(x_dtype: object, weight_dtype: object | None, bias_dtype: obje
     """Check the dtypes and return the name of the dtype the statistics are computed in.
 
     The input must be floating point. Weight and bias have the input's dtype, or
-    float32 when the input is float16/bfloat16 (mixed precision, as torch allows).
+    float32 when the input is float16/bfloat16 (mixed precision, as torch allows);
+    when both are given they share one dtype, as torch requires.
     """
     x_name = dtype_name(x_dtype)
     if x_name not in COMPUTE_DTYPE:
@@ -107,6 +123,15 @@ def compute_dtype(x_dtype: object, weight_dtype: object | None, bias_dtype: obje
                 f"{name} has dtype {dtype_name(dtype)}, but an input of dtype {x_name} "
                 f"needs {' or '.join(sorted(allowed))} parameters"
             )
+    if (
+        weight_dtype is not None
+        and bias_dtype is not None
+        and dtype_name(weight_dtype) != dtype_name(bias_dtype)
+    ):
+        raise TypeError(
+            f"weight and bias must have the same dtype, got {dtype_name(weight_dtype)} "
+            f"and {dtype_name(bias_dtype)}"
+        )
     return COMPUTE_DTYPE[x_name]
 
 

@@ -78,7 +78,9 @@ def test_parameter_gradients_sum_many_programs() -> None:
     # more rows than programs: each program adds up several rows, then the partials are summed
     x, dy = torch.randn(300, 8, dtype=torch.float64), torch.randn(300, 8, dtype=torch.float64)
     weight, bias = torch.rand(8, dtype=torch.float64), torch.randn(8, dtype=torch.float64)
-    assert lnorm.triton._program_count(300, x.device) < 300
+    tiling = lnorm.triton.tiling(8, 8, 300, lnorm.triton.BACKWARD_ELEMENTS_PER_THREAD, 4096)
+    tiles = -(-300 // tiling.rows_per_program)
+    assert lnorm.triton.backward_program_count(tiles, x.device) < tiles
     for actual, expected in zip(
         triton_backward(dy, x, 8, weight, bias), torch_backward(dy, x, (8,), weight, bias)
     ):

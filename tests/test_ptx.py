@@ -78,3 +78,23 @@ def test_the_ptx_readers_on_known_lines() -> None:
     assert lnorm.ptx.widest_access_bits(ptx, "st") == 16
     assert not lnorm.ptx.has_int64_address(ptx)  # a 32-bit product, widened too late
     assert lnorm.ptx.has_int64_address(ptx + "mul.wide.s32 %rd5, %r8, %r9;")
+
+
+def test_edge_shapes_compile_for_the_gpu() -> None:
+    # Triton turns an integer argument equal to 1 into a constant: rows of one element, a single
+    # row; odd lengths (no divisibility hint); rows longer than a block; float64
+    script = """
+import torch, lnorm.ptx
+for dtype in (torch.float32, torch.float64):
+    for n, rows in [(1, 1), (1, 1000), (5, 1), (37, 3), (40000, 3)]:
+        for launch in lnorm.ptx.dispatched_launches(dtype, n, rows):
+            compiled = lnorm.ptx.inspect_launch(launch, dtype, n)
+            assert compiled.spill_bytes == 0, compiled
+print("compiled")
+"""
+    environment = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=environment, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr
+    assert "compiled" in result.stdout

@@ -6,6 +6,7 @@ runs on lnorm.triton too (it is one of conftest.BACKENDS); here, what only Trito
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -224,3 +225,9 @@ def test_parameter_gradient_error_does_not_grow_with_the_rows() -> None:
     u = 2.0**-24
     error_units = ((dbias.double() - dy.double().sum(0)).abs() / dy.double().abs().sum(0)).max() / u
     assert error_units <= 10 < torch.log2(torch.tensor(m)).item()
+
+
+def test_a_cpu_launch_needs_no_cuda_device_guard() -> None:
+    # on a GPU the kernels launch under the input's device (torch.cuda.device); on the CPU
+    # (the interpreter) there is no device to switch to
+    assert isinstance(lnorm.triton._on_device(torch.ones(1)), contextlib.nullcontext)

@@ -186,7 +186,7 @@ def dispatched_launches(dtype: torch.dtype, row_length: int, rows: int = 1 << 16
     import lnorm.triton as kernels
 
     meta = dict(device="meta")
-    work = torch.float32
+    work = torch.float64 if dtype == torch.float64 else torch.float32
     x = torch.empty(rows, row_length, dtype=dtype, **meta)
     weight, bias = torch.empty(row_length, dtype=dtype, **meta), torch.empty(row_length, dtype=dtype, **meta)
     mean_hi, mean_lo, rstd = (torch.empty(rows, dtype=work, **meta) for _ in range(3))

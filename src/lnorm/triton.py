@@ -4,6 +4,15 @@ Same signature, semantics, errors and dtype rules as :mod:`lnorm.torch`; the
 algorithm is the shifted two-pass of :mod:`lnorm.moments` and the backward
 formula that of :mod:`lnorm.gradients`, written as GPU kernels.
 
+How the work is shared (``tiling``): rows of up to 16384 elements are held in
+registers, several short rows per program as one ``[BLOCK_M, BLOCK_N]`` tile;
+longer rows are walked in blocks and read twice. The backward pass runs one
+program per streaming multiprocessor over tiles dealt round robin, and sums the
+parameter gradients by pairwise trees and Kahan's compensated summation, so
+that their error does not grow with the number of rows. ``lnorm.ptx`` compiles
+every launch for an H100 without a GPU and checks registers, spills, access
+width and 64-bit offsets.
+
 Where it runs:
 
 - on a CUDA tensor, compiled for the GPU;

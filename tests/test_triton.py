@@ -231,3 +231,12 @@ def test_a_cpu_launch_needs_no_cuda_device_guard() -> None:
     # on a GPU the kernels launch under the input's device (torch.cuda.device); on the CPU
     # (the interpreter) there is no device to switch to
     assert isinstance(lnorm.triton._on_device(torch.ones(1)), contextlib.nullcontext)
+
+
+def test_rows_whose_stride_breaks_the_alignment() -> None:
+    # rows of 40 inside rows of 41: a row stride of 41, so the kernels may assume nothing
+    base = torch.randn(7, 41, dtype=torch.float64)
+    x = base[:, :40]
+    assert lnorm.triton.alignment(40, x.stride(0)) == 1
+    assert lnorm.triton.alignment(40, 80) == 8 and lnorm.triton.alignment(4096, 8192) == 16
+    torch.testing.assert_close(lnorm.triton.layer_norm(x, 40), F.layer_norm(x, (40,)))

@@ -21,7 +21,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -56,7 +56,7 @@ class CompiledKernel:
     int64_address: bool
     num_warps: int
     rows_per_program: int
-    ptx: str
+    ptx: str = field(repr=False)
 
 
 def signature_of(kernel, args: dict, constants: dict) -> tuple[dict, dict, dict]:

@@ -75,6 +75,15 @@ def layer_norm(
 
 
 @triton.jit
+def _aligned(value, ALIGN: tl.constexpr):
+    """value, written so that the compiler sees it is a multiple of ALIGN (the launcher checked
+    that it is, so this is value itself). Triton's launcher hints only divisibility by 16; with
+    this, rows of N = 8k elements also load 128 bits at a time. (tl.multiple_of cannot mark a
+    kernel argument: it annotates the operation that made a value, and an argument has none.)"""
+    return (value // ALIGN) * ALIGN
+
+
+@triton.jit
 def _as_compute(count, COMPUTE: tl.constexpr):
     """An integer count as a float of the compute dtype (exact below 2**24). Works for a
     runtime integer and for a size Triton specialized to the constant 1."""
@@ -138,8 +147,12 @@ def _forward_kernel(
     n_rows, n_cols, x_row_stride, y_row_stride, eps: tl.float64,
     HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, COMPUTE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ONE_BLOCK: tl.constexpr,
+    ALIGN: tl.constexpr,
 ):
     program = tl.program_id(0)
+    n_cols = _aligned(n_cols, ALIGN)
+    x_row_stride = _aligned(x_row_stride, ALIGN)
+    y_row_stride = _aligned(y_row_stride, ALIGN)
     eps = tl.full([], eps, COMPUTE)  # the interpreter passes a Python float: no rounding to float32
     cols = tl.arange(0, BLOCK_N)
     if ONE_BLOCK:
@@ -220,7 +233,7 @@ def _backward_kernel(
     HAS_WEIGHT: tl.constexpr, COMPUTE_DX: tl.constexpr,
     COMPUTE_DWEIGHT: tl.constexpr, COMPUTE_DBIAS: tl.constexpr,
     COMPUTE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    ONE_BLOCK: tl.constexpr,
+    ONE_BLOCK: tl.constexpr, ALIGN: tl.constexpr,
 ):
     # Every program takes tiles of BLOCK_M rows, round robin (tile p, p + P,
     # p + 2P, ... for P programs), so that no two programs' row counts differ by
@@ -232,6 +245,10 @@ def _backward_kernel(
     # depend on timing.
     program = tl.program_id(0)
     programs = tl.num_programs(0)
+    n_cols = _aligned(n_cols, ALIGN)
+    dy_row_stride = _aligned(dy_row_stride, ALIGN)
+    x_row_stride = _aligned(x_row_stride, ALIGN)
+    dx_row_stride = _aligned(dx_row_stride, ALIGN)
     cols = tl.arange(0, BLOCK_N)
     partial_row = tl.cast(program, tl.int64) * n_cols
     if ONE_BLOCK:
@@ -322,9 +339,10 @@ def _backward_kernel(
 
 @triton.jit
 def _column_sum_kernel(partial_ptr, out_ptr, n_partials, n_cols,
-                       PARTIALS: tl.constexpr, BLOCK_N: tl.constexpr):
+                       PARTIALS: tl.constexpr, BLOCK_N: tl.constexpr, ALIGN: tl.constexpr):
     """out[j] = sum over the n_partials rows of partial[:, j], by a pairwise tree over a
     [PARTIALS, BLOCK_N] tile (rows beyond n_partials are zero): one launch, one step."""
+    n_cols = _aligned(n_cols, ALIGN)
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = tl.arange(0, PARTIALS)
     mask = (rows < n_partials)[:, None] & (cols < n_cols)[None, :]
@@ -375,11 +393,11 @@ def block_size(n_cols: int, element_size: int, max_elements: int = FORWARD_MAX_B
     return block, n_cols <= block
 
 
-def rows_per_program(block: int, one_block: bool, n_rows: int) -> int:
-    """Rows per program: several short rows (a tile of up to TILE_ELEMENTS), one long row."""
+def rows_per_program(block: int, one_block: bool, n_rows: int, tile_elements: int = TILE_ELEMENTS) -> int:
+    """Rows per program: several short rows (a tile of up to tile_elements), one long row."""
     if not one_block:
         return 1
-    rows = max(1, min(MAX_ROWS_PER_PROGRAM, TILE_ELEMENTS // block))
+    rows = max(1, min(MAX_ROWS_PER_PROGRAM, tile_elements // block))
     return min(rows, triton.next_power_of_2(max(n_rows, 1)))
 
 
@@ -393,8 +411,13 @@ def num_warps(tile_elements: int, elements_per_thread: int) -> int:
 
 def tiling(n_cols: int, element_size: int, n_rows: int, elements_per_thread: int,
            max_elements: int) -> Tiling:
+    """The tiling of one pass; float64 elements take two registers each, so half as many a thread
+    and half as large a tile."""
+    tile_elements = TILE_ELEMENTS
+    if element_size == 8:
+        elements_per_thread, tile_elements = elements_per_thread // 2, tile_elements // 2
     block, one_block = block_size(n_cols, element_size, max_elements)
-    rows = rows_per_program(block, one_block, n_rows)
+    rows = rows_per_program(block, one_block, n_rows, tile_elements)
     return Tiling(block, one_block, rows, num_warps(rows * block, elements_per_thread))
 
 
@@ -441,6 +464,15 @@ class KernelLaunch:
         )
 
 
+def alignment(*sizes: int) -> int:
+    """The largest power of two up to 16 that divides every size (row length, row strides), in
+    elements: what the kernels may declare with tl.multiple_of."""
+    for align in (16, 8, 4, 2):
+        if all(size % align == 0 for size in sizes):
+            return align
+    return 1
+
+
 def _rows_view(t: torch.Tensor, n_rows: int, n_cols: int) -> torch.Tensor:
     """t as an (n_rows, n_cols) matrix with unit column stride: a view when the trailing
     dimensions are contiguous (any row stride), a copy only otherwise."""
@@ -465,7 +497,8 @@ def forward_launch(x_rows, y, weight, bias, mean_hi, mean_lo, rstd, eps: float) 
              y_row_stride=y.stride(0), eps=float(eps)),
         dict(HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
              COMPUTE=_triton_dtype(mean_hi.dtype), BLOCK_M=t.rows_per_program,
-             BLOCK_N=t.block, ONE_BLOCK=t.one_block),
+             BLOCK_N=t.block, ONE_BLOCK=t.one_block,
+             ALIGN=alignment(n_cols, x_rows.stride(0), y.stride(0))),
         triton.cdiv(n_rows, t.rows_per_program),
         t.num_warps,
         t.rows_per_program,
@@ -501,7 +534,8 @@ def backward_launches(dy_rows, x_rows, weight, mean_hi, mean_lo, rstd, dx, dweig
         dict(HAS_WEIGHT=weight is not None, COMPUTE_DX=compute_dx,
              COMPUTE_DWEIGHT=dweight is not None, COMPUTE_DBIAS=dbias is not None,
              COMPUTE=_triton_dtype(mean_hi.dtype), BLOCK_M=t.rows_per_program,
-             BLOCK_N=t.block, ONE_BLOCK=t.one_block),
+             BLOCK_N=t.block, ONE_BLOCK=t.one_block,
+             ALIGN=alignment(n_cols, dy_rows.stride(0), x_rows.stride(0), dx.stride(0))),
         programs,
         t.num_warps,
         t.rows_per_program,
@@ -513,7 +547,7 @@ def backward_launches(dy_rows, x_rows, weight, mean_hi, mean_lo, rstd, dx, dweig
                 f"column_sum_{name}",
                 _column_sum_kernel,
                 dict(partial_ptr=partials[name], out_ptr=out, n_partials=programs, n_cols=n_cols),
-                dict(PARTIALS=n_partials, BLOCK_N=columns),
+                dict(PARTIALS=n_partials, BLOCK_N=columns, ALIGN=alignment(n_cols)),
                 triton.cdiv(n_cols, columns),
                 4,  # a small kernel: (programs x N) partial sums
                 n_partials,

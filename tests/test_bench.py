@@ -25,14 +25,14 @@ def test_cpu_benchmark_writes_its_csv(tmp_path, capsys) -> None:
 def test_gpu_benchmark_code_runs_on_the_interpreter(tmp_path) -> None:
     # The GPU path, exercised on the CPU through Triton's interpreter with a wall-clock timer
     # (and without torch.compile, which would need a long C++ build here).
-    def wall_clock_ms(run) -> float:
+    def wall_clock_ms(run) -> tuple[float, str]:
         start = time.perf_counter()
         run()
-        return (time.perf_counter() - start) * 1e3
+        return (time.perf_counter() - start) * 1e3, "wall clock"
 
     results = lnorm.bench.measure_gpu(
         torch.device("cpu"),
-        rows=4,
+        rows=lambda n, element_size: 4,
         row_lengths=[8],
         dtypes=[torch.float16, torch.float32],
         implementations=lnorm.bench.gpu_implementations(compile_torch=False),
@@ -48,3 +48,9 @@ def test_gpu_benchmark_code_runs_on_the_interpreter(tmp_path) -> None:
     )
     lnorm.bench.write_csv(str(tmp_path / "gpu.csv"), results)
     assert "fraction_of_peak" in (tmp_path / "gpu.csv").read_text().splitlines()[0]
+
+
+def test_gpu_cases_read_at_least_256_mib() -> None:
+    for n in lnorm.bench.GPU_ROW_LENGTHS:
+        for size in (2, 4):
+            assert lnorm.bench.gpu_rows(n, size) * n * size >= 256 * 2**20

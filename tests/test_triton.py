@@ -6,6 +6,7 @@ runs on lnorm.triton too (it is one of conftest.BACKENDS); here, what only Trito
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -78,7 +79,9 @@ def test_parameter_gradients_sum_many_programs() -> None:
     # more rows than programs: each program adds up several rows, then the partials are summed
     x, dy = torch.randn(300, 8, dtype=torch.float64), torch.randn(300, 8, dtype=torch.float64)
     weight, bias = torch.rand(8, dtype=torch.float64), torch.randn(8, dtype=torch.float64)
-    assert lnorm.triton._program_count(300, x.device) < 300
+    tiling = lnorm.triton.tiling(8, 8, 300, lnorm.triton.BACKWARD_ELEMENTS_PER_THREAD, 4096)
+    tiles = -(-300 // tiling.rows_per_program)
+    assert lnorm.triton.backward_program_count(tiles, x.device) < tiles
     for actual, expected in zip(
         triton_backward(dy, x, 8, weight, bias), torch_backward(dy, x, (8,), weight, bias)
     ):
@@ -94,3 +97,146 @@ def test_cpu_tensor_without_the_interpreter_says_how_to_run_it() -> None:
     assert result.returncode != 0
     assert "set the environment variable TRITON_INTERPRET=1" in result.stderr
     assert "runs its kernels on a CUDA GPU, but the input is on cpu" in result.stderr
+
+
+def _gradients(layer_norm, x, weight, bias, dy, wanted=(True, True, True)):
+    leaves = [t.clone().requires_grad_(w) for t, w in zip((x, weight, bias), wanted)]
+    y = layer_norm(*leaves)
+    return torch.autograd.grad(y, [t for t in leaves if t.requires_grad], dy)
+
+
+def _triton(n):
+    return lambda x, w, b: lnorm.triton.layer_norm(x, n, w, b)
+
+
+def test_a_strided_input_is_read_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    # every other row of a batch: a row stride of 2N, no copy before the kernel
+    base = torch.randn(12, 40, dtype=torch.float64) + 5
+    x = base[::2]
+    assert not x.is_contiguous()
+    seen = []
+    original = lnorm.triton.forward_launch
+    monkeypatch.setattr(
+        lnorm.triton,
+        "forward_launch",
+        lambda rows, *a: seen.append(rows.data_ptr() == base.data_ptr() and rows.stride(0) == 80)
+        or original(rows, *a),
+    )
+    weight, bias = torch.rand(40, dtype=torch.float64), torch.randn(40, dtype=torch.float64)
+    torch.testing.assert_close(
+        lnorm.triton.layer_norm(x, 40, weight, bias), F.layer_norm(x, (40,), weight, bias)
+    )
+    assert seen == [True]
+    dy = torch.randn(12, 40, dtype=torch.float64)[1::2]  # a strided gradient too
+    for ours, theirs in zip(
+        _gradients(_triton(40), x, weight, bias, dy),
+        _gradients(lambda *a: F.layer_norm(a[0], (40,), *a[1:]), x, weight, bias, dy),
+    ):
+        torch.testing.assert_close(ours, theirs)
+
+
+def test_short_rows_are_tiled_several_per_program() -> None:
+    tiling = lnorm.triton.tiling(512, 2, 1 << 16, lnorm.triton.FORWARD_ELEMENTS_PER_THREAD, 16384)
+    assert (tiling.rows_per_program, tiling.block, tiling.one_block) == (8, 512, True)
+    # 13 rows of 40: tiles of 16 rows (4096 // 64, capped), the last program's tile mostly empty
+    x = torch.randn(13, 40, dtype=torch.float64) * 3 - 2
+    assert lnorm.triton.forward_launch(
+        x, x, None, None, *(torch.empty(13, dtype=torch.float64) for _ in range(3)), 1e-5
+    ).rows_per_program == 16
+    torch.testing.assert_close(lnorm.triton.layer_norm(x, 40), F.layer_norm(x, (40,)))
+
+
+def test_backward_programs_without_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    # more programs than tiles: the extra programs write zero partial sums
+    monkeypatch.setattr(lnorm.triton, "backward_program_count", lambda tiles, device: tiles + 5)
+    generator = torch.Generator().manual_seed(3)
+    x, dy = (torch.randn(20, 24, dtype=torch.float64, generator=generator) for _ in range(2))
+    weight, bias = torch.rand(24, dtype=torch.float64), torch.randn(24, dtype=torch.float64)
+    for ours, theirs in zip(
+        _gradients(_triton(24), x, weight, bias, dy),
+        _gradients(lambda *a: F.layer_norm(a[0], (24,), *a[1:]), x, weight, bias, dy),
+    ):
+        torch.testing.assert_close(ours, theirs)
+
+
+@pytest.mark.parametrize(
+    "wanted", [(True, False, False), (False, True, False), (False, False, True), (False, True, True)]
+)
+def test_backward_computes_only_the_gradients_asked_for(
+    wanted: tuple[bool, bool, bool], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    launched = []
+    original = lnorm.triton.backward_launches
+
+    def spy(*args, **kwargs):
+        launches = original(*args, **kwargs)
+        launched.extend((launch.name, launch.constants) for launch in launches)
+        return launches
+
+    monkeypatch.setattr(lnorm.triton, "backward_launches", spy)
+    x, dy = torch.randn(6, 16, dtype=torch.float64), torch.randn(6, 16, dtype=torch.float64)
+    weight, bias = torch.rand(16, dtype=torch.float64), torch.randn(16, dtype=torch.float64)
+    ours = _gradients(_triton(16), x, weight, bias, dy, wanted)
+    theirs = _gradients(lambda *a: F.layer_norm(a[0], (16,), *a[1:]), x, weight, bias, dy, wanted)
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b)
+    kernel = dict(launched)["backward"]
+    assert (kernel["COMPUTE_DX"], kernel["COMPUTE_DWEIGHT"], kernel["COMPUTE_DBIAS"]) == wanted
+    assert {name for name, _ in launched} == {"backward"} | {
+        f"column_sum_{g}" for g, w in zip(("dweight", "dbias"), wanted[1:]) if w
+    }
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("m, n, block_bytes", [(257, 8, None), (1000, 96, None), (300, 40, 64)])
+def test_parameter_gradients_of_many_rows(
+    monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype, m: int, n: int, block_bytes: int | None
+) -> None:
+    if block_bytes:  # rows walked in blocks: partial sums and carries in the buffers
+        monkeypatch.setattr(lnorm.triton, "MAX_BLOCK_BYTES", block_bytes)
+    # many tiles per program, the last tile partial: the multi-row accumulation at scale
+    generator = torch.Generator().manual_seed(m)
+    x = (torch.randn(m, n, generator=generator) * 2 + 3).to(dtype)
+    dy = (torch.randn(m, n, generator=generator) + 0.5).to(dtype)
+    weight, bias = torch.rand(n, generator=generator).to(dtype), torch.randn(n, generator=generator).to(dtype)
+    ours = _gradients(_triton(n), x, weight, bias, dy)
+    reference = _gradients(
+        lambda *a: F.layer_norm(a[0], (n,), *a[1:]),
+        x.double(), weight.double(), bias.double(), dy.double(),
+    )
+    # in float64 units of the summed magnitudes: sum |dy x_hat| and sum |dy| over the rows
+    for ours_grad, expected in zip(ours[1:], reference[1:]):
+        assert ours_grad.dtype == dtype
+        scale = m * expected.abs().max().clamp(min=1.0)
+        tolerance = torch.finfo(dtype).eps * scale
+        assert (ours_grad.double() - expected).abs().max() <= tolerance
+
+
+def test_parameter_gradient_error_does_not_grow_with_the_rows() -> None:
+    # chapter 6's promise for a pairwise sum: error at most log2(M) u sum|terms|; here per tile a
+    # pairwise tree (log2 16), across tiles Kahan's compensated sum (2u), across programs a
+    # pairwise tree (log2 16): at most 10 u sum|terms|, whatever M
+    m, n = 4096, 64
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(m, n, generator=generator)
+    dy = torch.randn(m, n, generator=generator) + 1.0
+    weight, bias = torch.rand(n, generator=generator) + 0.5, torch.randn(n, generator=generator)
+    _, dbias = _gradients(_triton(n), x, weight, bias, dy, (False, True, True))
+    u = 2.0**-24
+    error_units = ((dbias.double() - dy.double().sum(0)).abs() / dy.double().abs().sum(0)).max() / u
+    assert error_units <= 10 < torch.log2(torch.tensor(m)).item()
+
+
+def test_a_cpu_launch_needs_no_cuda_device_guard() -> None:
+    # on a GPU the kernels launch under the input's device (torch.cuda.device); on the CPU
+    # (the interpreter) there is no device to switch to
+    assert isinstance(lnorm.triton._on_device(torch.ones(1)), contextlib.nullcontext)
+
+
+def test_rows_whose_stride_breaks_the_alignment() -> None:
+    # rows of 40 inside rows of 41: a row stride of 41, so the kernels may assume nothing
+    base = torch.randn(7, 41, dtype=torch.float64)
+    x = base[:, :40]
+    assert lnorm.triton.alignment(40, x.stride(0)) == 1
+    assert lnorm.triton.alignment(40, 80) == 8 and lnorm.triton.alignment(4096, 8192) == 16
+    torch.testing.assert_close(lnorm.triton.layer_norm(x, 40), F.layer_norm(x, (40,)))

@@ -5,9 +5,11 @@ from __future__ import annotations
 import csv
 import time
 
+import pytest
 import torch
 
 import lnorm.bench
+from conftest import HAVE_TRITON, NO_TRITON
 
 
 def test_cpu_benchmark_writes_its_csv(tmp_path, capsys) -> None:
@@ -22,6 +24,7 @@ def test_cpu_benchmark_writes_its_csv(tmp_path, capsys) -> None:
     assert "lnorm.numpy" in capsys.readouterr().out
 
 
+@pytest.mark.skipif(not HAVE_TRITON, reason=NO_TRITON)
 def test_gpu_benchmark_code_runs_on_the_interpreter(tmp_path) -> None:
     # The GPU path, exercised on the CPU through Triton's interpreter with a wall-clock timer
     # (and without torch.compile, which would need a long C++ build here).

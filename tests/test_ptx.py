@@ -14,6 +14,10 @@ import sys
 
 import pytest
 
+from conftest import NO_TRITON
+
+pytest.importorskip("triton", reason=NO_TRITON)
+
 import lnorm.ptx
 
 

@@ -12,6 +12,10 @@ import subprocess
 import sys
 
 import pytest
+
+from conftest import NO_TRITON
+
+pytest.importorskip("triton", reason=NO_TRITON)
 import torch
 import torch.nn.functional as F
 

@@ -29,8 +29,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import triton
-import triton.language as tl
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError as error:  # Triton ships wheels for Linux only
+    raise ImportError(
+        "lnorm.triton needs Triton, which is not installed (it has wheels for Linux only). "
+        "lnorm.numpy and lnorm.torch work without it."
+    ) from error
 
 import lnorm.torch
 

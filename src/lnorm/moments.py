@@ -169,6 +169,26 @@ def standardize(
     if given, else to a new array; ``scratch``, if given, holds the squared
     deviations. Passing both (of the rows' shape) makes the call allocate
     nothing of the rows' size, which is what keeps a blocked loop fast.
+
+    Error bound (derived in chapter 4, tested in ``tests/test_error_bound.py``).
+    Let ``s`` be the growth factor of the sums (a computed sum of n terms is
+    within ``s u sum|terms|``: ``s <= n - 1`` for any order, ``s <=
+    ceil(log2(n/128)) + 25`` for NumPy's sum along a row). With ``d = x - mean``,
+    ``sigma**2 = mean(d**2)`` and ``y = d * rstd`` exact, to first order in u:
+
+    - the mean m1 is off by ``e1``, ``|e1| <= (s + 1) u mean|x|``;
+    - ``x - m1`` rounds by at most ``u |x - m1|`` (not at all under Sterbenz's
+      lemma), and the correction ``m2`` is ``-e1`` to within ``(s + 2) u sigma``;
+    - so the centred values are ``d + delta`` with ``|delta_i| <= 2u|d_i| +
+      (s + 2) u sigma`` (plus ``u |e1|``, second order: it carries the mean);
+    - the variance has relative error at most ``(3s + 10) u``, rstd at most
+      ``(3s + 15) u / 2``;
+    - hence ``|x_hat_i - y_i| <= (s + 2) u max|y| + (3s + 21) / 2 u |y_i|``:
+
+          max|x_hat - y| <= (5s + 25) / 4 * eps * max|y|,   eps = 2u,
+
+      plus the second-order ``(s + 1) u**2 mean|x| rstd``, which grows with the
+      mean offset (kappa) and matters only once ``s u kappa`` nears 1.
     """
     centred, _, _ = centre_parts(rows, out)
     rstd = reciprocal_std(centred, eps, scratch)

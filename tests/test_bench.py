@@ -14,14 +14,34 @@ from conftest import HAVE_TRITON, NO_TRITON
 
 def test_cpu_benchmark_writes_its_csv(tmp_path, capsys) -> None:
     path = tmp_path / "cpu.csv"
-    lnorm.bench.main(["--quick", "--repeats", "1", "--csv", str(path)])
+    blocks = tmp_path / "blocks.csv"
+    lnorm.bench.main(["--quick", "--repeats", "1", "--csv", str(path), "--blocks", str(blocks)])
     rows = list(csv.DictReader(path.open()))
     assert {r["implementation"] for r in rows} == {
         "torch.nn.functional",
         "lnorm.torch",
         "lnorm.numpy",
+        "lnorm.numpy, no correction pass",
     }
     assert "lnorm.numpy" in capsys.readouterr().out
+    sweep = list(csv.DictReader(blocks.open()))
+    assert [int(r["block_bytes"]) for r in sweep] == lnorm.bench.BLOCK_SWEEP
+
+
+def test_the_uncorrected_variant_is_the_plain_two_pass() -> None:
+    # The benchmark's "no correction pass" row times the same loop without the second mean:
+    # its result is the textbook two-pass, and lnorm.numpy is itself again afterwards.
+    import numpy as np
+
+    import lnorm.numpy
+    from lnorm import moments
+
+    x = np.random.default_rng(0).normal(3.0, 1.0, size=(8, 64)).astype(np.float32)
+    mean, var = moments.two_pass(x)
+    np.testing.assert_array_equal(
+        lnorm.bench.uncorrected_numpy(x, 64), (x - mean) * (1 / np.sqrt(var + np.float32(1e-5)))
+    )
+    assert lnorm.numpy.moments is moments
 
 
 @pytest.mark.skipif(not HAVE_TRITON, reason=NO_TRITON)

@@ -33,14 +33,18 @@ This is a measurement, not a test: no assertion depends on the timings.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime
+import os
 import platform
 import statistics
 import subprocess
 import time
 import tracemalloc
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -48,6 +52,7 @@ import torch.nn.functional as F
 
 import lnorm.numpy
 import lnorm.torch
+from lnorm import moments
 
 #: Bytes of x per GPU case: M = GPU_CASE_BYTES / (N * element size) rows.
 GPU_CASE_BYTES = 256 * 2**20
@@ -89,20 +94,67 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def standardize_without_correction(rows, eps, out=None, scratch=None):
+    """The plain two-pass, written like :func:`lnorm.moments.standardize` minus the correction
+    (no second mean): what the blocked loop costs without the extra pass."""
+    out = rows.copy() if out is None else out
+    out[...] = rows
+    out -= rows.mean(axis=-1, keepdims=True)
+    rstd = moments.reciprocal_std(out, eps, scratch)
+    out *= rstd
+    return out, rstd
+
+
+@contextlib.contextmanager
+def numpy_without_correction() -> Iterator[None]:
+    """Runs lnorm.numpy's blocked loop with :func:`standardize_without_correction` in place of
+    the corrected two-pass, so that the two are timed in the same loop."""
+    original = lnorm.numpy.moments
+    lnorm.numpy.moments = types.SimpleNamespace(standardize=standardize_without_correction)
+    try:
+        yield
+    finally:
+        lnorm.numpy.moments = original
+
+
+def uncorrected_numpy(x: np.ndarray, n: int) -> np.ndarray:
+    with numpy_without_correction():
+        return lnorm.numpy.layer_norm(x, n)
+
+
+def torch_threads(threads: int, run: Callable[[], object]) -> Callable[[], object]:
+    """``run`` with torch using ``threads`` threads (and one again afterwards)."""
+
+    def threaded():
+        torch.set_num_threads(threads)
+        try:
+            return run()
+        finally:
+            torch.set_num_threads(1)
+
+    return threaded
+
+
 def measure(shapes: list[tuple[int, int]], repeats: int) -> list[dict]:
     torch.set_num_threads(1)
     rows = []
     date = datetime.date.today().isoformat()
+    threads = os.cpu_count() or 1
     for m, n in shapes:
         x = torch.randn(m, n, generator=torch.Generator().manual_seed(0))
         x_numpy = x.numpy()
-        runs = {
-            "torch.nn.functional": lambda: F.layer_norm(x, (n,)),
-            "lnorm.torch": lambda: lnorm.torch.layer_norm(x, n),
-            "lnorm.numpy": lambda: lnorm.numpy.layer_norm(x_numpy, n),
+        runs = {  # (implementation, threads): run
+            ("torch.nn.functional", 1): lambda: F.layer_norm(x, (n,)),
+            ("lnorm.torch", 1): lambda: lnorm.torch.layer_norm(x, n),
+            ("lnorm.numpy", 1): lambda: lnorm.numpy.layer_norm(x_numpy, n),
+            ("lnorm.numpy, no correction pass", 1): lambda: uncorrected_numpy(x_numpy, n),
         }
+        if threads > 1:
+            runs[("torch.nn.functional", threads)] = torch_threads(
+                threads, lambda: F.layer_norm(x, (n,))
+            )
         baseline = None
-        for name, run in runs.items():
+        for (name, run_threads), run in runs.items():
             best, median = best_time(run, repeats)
             baseline = baseline or best
             rows.append(
@@ -111,13 +163,13 @@ def measure(shapes: list[tuple[int, int]], repeats: int) -> list[dict]:
                     rows=m,
                     row_length=n,
                     dtype="float32",
-                    threads=1,
+                    threads=run_threads,
                     best_ms=round(best * 1e3, 2),
                     median_ms=round(median * 1e3, 2),
                     time_vs_torch=round(best / baseline, 3),
                     peak_memory_vs_output=(
                         round(peak_extra_bytes(run) / x_numpy.nbytes, 3)
-                        if name == "lnorm.numpy"
+                        if name == "lnorm.numpy" and run_threads == 1
                         else ""
                     ),
                     gbytes_per_s=round(2 * x_numpy.nbytes / best / 1e9, 2),  # read x, write y
@@ -127,6 +179,55 @@ def measure(shapes: list[tuple[int, int]], repeats: int) -> list[dict]:
                     date=date,
                 )
             )
+    return rows
+
+
+BLOCK_SWEEP = [1 << k for k in range(12, 27, 2)]  # 4 KiB to 64 MiB
+
+
+def cache_sizes() -> dict[str, int]:
+    """One core's data cache sizes in bytes, as Linux reports them in sysfs (0 where unknown)."""
+    sizes = {"l1d": 0, "l2": 0, "l3": 0}
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            level, kind = (index / "level").read_text().strip(), (index / "type").read_text().strip()
+            size = (index / "size").read_text().strip()
+        except OSError:
+            continue
+        if kind in ("Data", "Unified"):
+            units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+            sizes[{"1": "l1d", "2": "l2", "3": "l3"}.get(level, "other")] = (
+                int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
+            )
+    sizes.pop("other", None)
+    return sizes
+
+
+def measure_blocks(repeats: int, shape: tuple[int, int] = (4096, 4096)) -> list[dict]:
+    """lnorm.numpy's time against its block size (``lnorm.numpy.BLOCK_BYTES``), one thread."""
+    m, n = shape
+    x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    default, rows = lnorm.numpy.BLOCK_BYTES, []
+    caches = cache_sizes()
+    try:
+        for block_bytes in BLOCK_SWEEP:
+            lnorm.numpy.BLOCK_BYTES = block_bytes
+            best, median = best_time(lambda: lnorm.numpy.layer_norm(x, n), repeats)
+            rows.append(
+                dict(
+                    block_bytes=block_bytes,
+                    rows=m,
+                    row_length=n,
+                    best_ms=round(best * 1e3, 2),
+                    median_ms=round(median * 1e3, 2),
+                    **{f"{key}_bytes": size for key, size in caches.items()},
+                    cpu=cpu_name(),
+                    numpy=np.__version__,
+                    date=datetime.date.today().isoformat(),
+                )
+            )
+    finally:
+        lnorm.numpy.BLOCK_BYTES = default
     return rows
 
 
@@ -292,6 +393,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--csv", help="also write the results to this CSV file")
     parser.add_argument("--quick", action="store_true", help="one small shape, for a smoke test")
     parser.add_argument(
+        "--blocks",
+        metavar="CSV",
+        help="CPU: also time lnorm.numpy against its block size (4 KiB to 64 MiB) into this CSV",
+    )
+    parser.add_argument(
         "--ptx",
         metavar="DIR",
         help="no GPU needed: compile every Triton kernel for sm_90, write DIR/<kernel>-<dtype>-<N>.ptx "
@@ -335,16 +441,22 @@ def main(argv: list[str] | None = None) -> None:
 
     results = measure([(256, 1024)] if args.quick else SHAPES, args.repeats)
     print(
-        f"{'implementation':<22}{'M x N':>14}{'best ms':>10}{'vs torch':>10}{'GB/s':>8}{'peak mem':>10}"
+        f"{'implementation':<33}{'threads':>8}{'M x N':>14}{'best ms':>10}{'vs torch':>10}"
+        f"{'GB/s':>8}{'peak mem':>10}"
     )
     for r in results:
         memory = f"{r['peak_memory_vs_output']:.2f}x" if r["peak_memory_vs_output"] != "" else "-"
         print(
-            f"{r['implementation']:<22}{r['rows']:>7} x {r['row_length']:<5}{r['best_ms']:>10.1f}"
-            f"{r['time_vs_torch']:>10.2f}{r['gbytes_per_s']:>8.1f}{memory:>10}"
+            f"{r['implementation']:<33}{r['threads']:>8}{r['rows']:>7} x {r['row_length']:<5}"
+            f"{r['best_ms']:>10.1f}{r['time_vs_torch']:>10.2f}{r['gbytes_per_s']:>8.1f}{memory:>10}"
         )
     if args.csv:
         write_csv(args.csv, results)
+    if args.blocks:
+        blocks = measure_blocks(args.repeats, (256, 1024) if args.quick else (4096, 4096))
+        for r in blocks:
+            print(f"block {r['block_bytes'] // 1024:>6} KiB: {r['best_ms']:>8.1f} ms")
+        write_csv(args.blocks, blocks)
 
 
 if __name__ == "__main__":

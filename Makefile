@@ -35,16 +35,21 @@ PORTABILITY_ENVS := "$(FOREIGN_CPU)" \
 	"ATEN_CPU_CAPABILITY=avx512 OMP_NUM_THREADS=1" "ATEN_CPU_CAPABILITY=avx512 OMP_NUM_THREADS=2"
 NBVAL := $(BIN)/python -m pytest -q --nbval $(NOTEBOOKS) -n 2 --dist loadscope
 
-.PHONY: book test unit notebooks notebooks-foreign portability lab bench lock clean
+.PHONY: book test unit notebooks notebooks-foreign browser portability lab bench lock clean
 
 book: $(STAMP)
 	$(BIN)/jupyter-book build . --all --warningiserror --keep-going
 	@echo "Open the book: _build/html/index.html"
 
-test: unit notebooks notebooks-foreign book
+test: unit notebooks notebooks-foreign book browser
 
 unit: $(STAMP)
-	$(BIN)/python -m pytest -q tests -n 2
+	$(BIN)/python -m pytest -q tests -n 2 --ignore=tests/book
+
+# The built book in headless Chromium, offline: formulas rendered, no network, no console
+# error, links and images intact. Reads _build/html (run `make book` first); skipped without Chromium.
+browser: $(STAMP)
+	$(BIN)/python -m pytest -q tests/book -n 2
 
 # nbval re-runs every notebook and compares each cell's output with the stored one.
 notebooks: $(STAMP)
@@ -60,7 +65,7 @@ notebooks-foreign: $(STAMP)
 portability: $(STAMP)
 	@set -e; for vars in $(PORTABILITY_ENVS); do \
 	  echo "== $$vars"; \
-	  eval "env $$vars $(BIN)/python -m pytest -q tests -n 2"; \
+	  eval "env $$vars $(BIN)/python -m pytest -q tests -n 2 --ignore=tests/book"; \
 	  eval "env $$vars $(NBVAL)"; \
 	done
 

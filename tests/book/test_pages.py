@@ -2,13 +2,15 @@
 
 Every page of ``_build/html`` is loaded in headless Chromium with no network, and checked: every
 formula rendered by the book's own MathJax (no raw TeX left), no script or stylesheet fetched
-from the network, no console error, every image present, every internal link resolving. It
+from the network, no console error, every image decoded (naturalWidth > 0), every internal link resolving. It
 builds nothing itself, and is skipped (with the reason) where no Chromium is installed.
 """
 
 from __future__ import annotations
 
+import html
 import html.parser
+import json
 import os
 import re
 import shutil
@@ -94,6 +96,35 @@ def _render(path: Path) -> tuple[str, str]:
     return done.stdout, done.stderr
 
 
+#: A page that loads another in a frame and reports, once it has settled, how many of its images
+#: decoded (naturalWidth > 0) and how many formulas MathJax rendered.
+PROBE = """<!doctype html><html><body><iframe id="page" src="{url}" style="width:1200px;height:900px"></iframe>
+<pre id="report">pending</pre><script>
+document.getElementById("page").addEventListener("load", () => setTimeout(() => {{
+  const page = document.getElementById("page").contentDocument;
+  const broken = Array.from(page.images).filter(i => !(i.complete && i.naturalWidth > 0));
+  document.getElementById("report").textContent = JSON.stringify({{
+    images: page.images.length, broken: broken.map(i => i.getAttribute("src")),
+    formulas: page.querySelectorAll("mjx-container").length}});
+}}, 5000));
+</script></body></html>"""
+
+
+def _probe(path: Path) -> dict:
+    """The images that did not decode, and the formulas rendered, as the browser reports them."""
+    with tempfile.TemporaryDirectory() as scratch:
+        probe = Path(scratch) / "probe.html"
+        probe.write_text(PROBE.format(url=path.as_uri()))
+        done = subprocess.run(
+            [BROWSER, *FLAGS, "--allow-file-access-from-files", f"--user-data-dir={scratch}/profile",
+             "--dump-dom", probe.as_uri()],
+            capture_output=True, text=True, timeout=120,
+        )
+    report = re.search(r'<pre id="report">([^<]*)</pre>', done.stdout)
+    assert report and report.group(1) != "pending", "the page did not finish loading"
+    return json.loads(html.unescape(report.group(1)))
+
+
 def _visible_text(dom: str) -> str:
     """The text a reader sees outside code: scripts, styles, code and rendered math removed."""
     for tag in ("script", "style", "pre", "code", "mjx-container", "mjx-assistive-mml"):
@@ -128,6 +159,9 @@ def test_page(path: Path) -> None:
     dom, log = _render(path)
     rendered = dom.count("<mjx-container")
     assert rendered == page.formulas, f"{rendered} of {page.formulas} formulas rendered"
+    probe = _probe(path)
+    assert not probe["broken"], f"images that did not load: {probe['broken']}"
+    assert probe["images"] == len(page.images) and probe["formulas"] == page.formulas
     raw = re.findall(r"\\(?:\(|\[|frac|sqrt|text|mathrm)", _visible_text(dom))
     assert not raw, f"raw TeX on the page: {raw[:5]}"
     console_errors = [

@@ -6,24 +6,68 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+
+# A plain message, not a pip resolution error, when the Python is too old or missing.
+PY_VERSION := $(shell $(PYTHON) -c 'import platform; print(platform.python_version())' 2>/dev/null)
+ifneq ($(shell $(PYTHON) -c 'import sys; print(int(sys.version_info >= (3, 11)))' 2>/dev/null),1)
+$(error lnorm needs Python 3.11 or newer, but '$(PYTHON)' is $(or $(PY_VERSION),not found). Name another one: make $(MAKECMDGOALS) PYTHON=python3.12)
+endif
+# .venv remembers the Python it was made with; with another one it is made anew.
+PY_ID := $(shell $(PYTHON) -c 'import sys; print(sys.version.split()[0], sys.base_prefix)')
+ifneq ($(wildcard $(VENV)/.python-id),)
+ifneq ($(shell cat $(VENV)/.python-id),$(PY_ID))
+$(info $(VENV) was made with another Python than '$(PYTHON)' ($(PY_ID)): making it anew)
+$(shell rm -rf $(VENV))
+endif
+endif
 # The stamp is rebuilt whenever the pins or the package metadata change.
 STAMP  := $(VENV)/.installed
 NOTEBOOKS := $(shell find book -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*')
 
-.PHONY: book test unit notebooks lab bench lock clean
+# How a reader's CPU without AVX2 or AVX-512 computes (an ARM laptop, an older x86): torch's
+# portable kernels, NumPy's baseline loops, one thread. NumPy's feature names exist on x86 only.
+FOREIGN_CPU := ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=1 \
+	$(if $(filter x86_64 amd64,$(shell uname -m)),NPY_DISABLE_CPU_FEATURES='X86_V3 X86_V4 AVX512_ICL AVX512_SPR')
+# The matrix `make portability` runs: vector width (torch and NumPy) by thread count.
+PORTABILITY_ENVS := "$(FOREIGN_CPU)" \
+	"ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=2" \
+	"ATEN_CPU_CAPABILITY=avx2 OMP_NUM_THREADS=1" "ATEN_CPU_CAPABILITY=avx2 OMP_NUM_THREADS=2" \
+	"ATEN_CPU_CAPABILITY=avx512 OMP_NUM_THREADS=1" "ATEN_CPU_CAPABILITY=avx512 OMP_NUM_THREADS=2"
+NBVAL := $(BIN)/python -m pytest -q --nbval $(NOTEBOOKS) -n 2 --dist loadscope
+
+.PHONY: book test unit notebooks notebooks-foreign browser portability lab bench lock clean
 
 book: $(STAMP)
 	$(BIN)/jupyter-book build . --all --warningiserror --keep-going
 	@echo "Open the book: _build/html/index.html"
 
-test: unit notebooks book
+test: unit notebooks notebooks-foreign book browser
 
 unit: $(STAMP)
-	$(BIN)/python -m pytest -q tests -n 2
+	$(BIN)/python -m pytest -q tests -n 2 --ignore=tests/book
+
+# The built book in headless Chromium, offline: formulas rendered, no network, no console
+# error, links and images intact. Reads _build/html (run `make book` first); skipped without Chromium.
+browser: $(STAMP)
+	$(BIN)/python -m pytest -q tests/book -n 2
 
 # nbval re-runs every notebook and compares each cell's output with the stored one.
 notebooks: $(STAMP)
-	$(BIN)/python -m pytest -q --nbval $(NOTEBOOKS) -n 2 --dist loadscope
+	$(NBVAL)
+
+# The same, as a reader's machine unlike ours would run it: the stored outputs and every
+# claim must hold there too.
+notebooks-foreign: $(STAMP)
+	env $(FOREIGN_CPU) $(NBVAL)
+
+# Unit tests and notebooks under every vector width and thread count this CPU can emulate
+# (torch runs a capability the CPU lacks at the best one it has).
+portability: $(STAMP)
+	@set -e; for vars in $(PORTABILITY_ENVS); do \
+	  echo "== $$vars"; \
+	  eval "env $$vars $(BIN)/python -m pytest -q tests -n 2 --ignore=tests/book"; \
+	  eval "env $$vars $(NBVAL)"; \
+	done
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab book
@@ -37,6 +81,7 @@ $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -qq --disable-pip-version-check -r requirements.txt
 	$(BIN)/python -m pip install -qq --disable-pip-version-check --no-deps --no-build-isolation -e .
+	echo '$(PY_ID)' > $(VENV)/.python-id
 	touch $@
 
 # Re-resolve requirements.in into the exact pins of requirements.txt (needs the package registry).

@@ -13,7 +13,8 @@ cut off: every request that leaves the machine is recorded and refused. Each pag
 - at a phone's width (390 px) nothing wider than the screen: code and tables scroll inside the page;
 - in the theme's dark mode, each figure on a light card (the stored PNGs are drawn on white).
 
-The test builds nothing and is skipped, saying why, when there is no built book or no Chromium.
+The test builds nothing. It is skipped, saying why, when there is no built book; without Chromium
+only the link check runs.
 ``BOOK_SCREENSHOTS=DIR`` also saves each page at 390 px and 1400 px wide, light and dark, in DIR.
 """
 
@@ -54,16 +55,12 @@ FLAGS = [
 NARROW, WIDE = 390, 1400
 #: How long a page may take to load and typeset its formulas (ms); one takes well under a second.
 PATIENCE_MS = 30_000
+#: Requests that would leave the machine: refused and reported.
+OFF_MACHINE = re.compile(r"^(https?|wss?|ftp)://")
 #: A TeX control sequence or math delimiter: what unrendered math looks like on the page.
 RAW_TEX = re.compile(r"\\(?:[A-Za-z]{2,}|[()\[\]])|\$\$")
 
-pytestmark = [
-    pytest.mark.skipif(not SITE.exists(), reason="no built book in _build/html: run `make book` first"),
-    pytest.mark.skipif(
-        BROWSER is None,
-        reason="no chromium, chromium-browser or google-chrome on the PATH (Debian: apt-get install chromium)",
-    ),
-]
+pytestmark = pytest.mark.skipif(not SITE.exists(), reason="no built book in _build/html: run `make book` first")
 
 
 class _Page(html.parser.HTMLParser):
@@ -96,18 +93,12 @@ def _is_network(url: str) -> bool:
     return urlsplit(url).scheme not in ("file", "data", "blob", "about", "")
 
 
-# Run in the page: wait until MathJax has typeset (when the page loads it at all).
+# Run in the page after its load event (by then MathJax's script, deferred, has run or failed to
+# load): wait until MathJax has typeset the page, or say that there is no MathJax to wait for.
 WAIT_FOR_MATH = """async (patience) => {
-  const start = performance.now();
-  while (performance.now() - start < patience) {
-    if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
-      await MathJax.startup.promise;
-      return true;
-    }
-    if (document.readyState === "complete" && !document.querySelector("script[src*='mathjax' i]")) return false;
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-  return false;
+  if (!(window.MathJax && MathJax.startup && MathJax.startup.promise)) return false;
+  const late = new Promise((resolve) => setTimeout(() => resolve(false), patience));
+  return await Promise.race([MathJax.startup.promise.then(() => true), late]);
 }"""
 
 # Run in the page: what it shows once loaded.
@@ -173,7 +164,9 @@ DARK_FIGURES = """() => {
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed: make browser installs it")
+    if BROWSER is None:
+        pytest.skip("no chromium, chromium-browser or google-chrome on the PATH (Debian: apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (requirements.txt)")
     with sync_api.sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=BROWSER, headless=True, args=FLAGS)
         yield chromium
@@ -194,16 +187,24 @@ def _open(browser, path: Path, width: int, dark: bool):
         record["network"].append(f"{route.request.resource_type} {route.request.url}")
         route.abort()
 
-    context.route(re.compile(r"^(https?|wss?|ftp)://"), refuse)
+    context.route(OFF_MACHINE, refuse)
     page = context.new_page()
-    page.on("console", lambda m: m.type == "error" and record["errors"].append(f"console: {m.text}"))
-    page.on("pageerror", lambda e: record["errors"].append(f"uncaught: {e}"))
-    page.on(
-        "requestfailed",
-        lambda r: not _is_network(r.url) and record["errors"].append(f"failed to load {r.url}: {r.failure}"),
-    )
-    page.on("request", lambda r: _is_network(r.url) and f"{r.resource_type} {r.url}" not in record["network"]
-            and record["network"].append(f"{r.resource_type} {r.url}"))
+    def console(message) -> None:
+        if message.type == "error":
+            record["errors"].append(f"console: {message.text}")
+
+    def request(req) -> None:  # what leaves the machine by a scheme that the route does not see
+        if _is_network(req.url) and not OFF_MACHINE.match(req.url):
+            record["network"].append(f"{req.resource_type} {req.url}")
+
+    def failed(req) -> None:  # a local file that is missing or unreadable
+        if not _is_network(req.url):
+            record["errors"].append(f"failed to load {req.url}: {req.failure}")
+
+    page.on("console", console)
+    page.on("pageerror", lambda error: record["errors"].append(f"uncaught: {error}"))
+    page.on("request", request)
+    page.on("requestfailed", failed)
     page.goto(path.as_uri(), wait_until="load", timeout=PATIENCE_MS)
     page.evaluate(WAIT_FOR_MATH, PATIENCE_MS)
     return context, page, record
@@ -216,7 +217,8 @@ def _shoot(page, path: Path, width: int, dark: bool) -> None:
     name = f"{path.stem}-{width}-{'dark' if dark else 'light'}"
     page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=str(out / f"{name}.png"))
-    for what, selector in (("figure", "article figure"), ("table", "article table"), ("code", "article .cell_input")):
+    views = (("figure", "article figure"), ("table", "article table"), ("code", "article .cell_input"))
+    for what, selector in views:
         element = page.query_selector(selector)
         if element is not None:
             element.scroll_into_view_if_needed()
@@ -227,7 +229,8 @@ def test_the_book_has_its_pages() -> None:
     names = {p.name for p in PAGES}
     assert {"intro.html", "bibliography.html"} <= names and len(names) >= 10, sorted(names)
     for page, target in REDIRECTS.items():
-        assert (page.parent / unquote(urlsplit(target).path)).is_file(), f"{page.name} forwards to a missing {target}"
+        forwarded_to = page.parent / unquote(urlsplit(target).path)
+        assert forwarded_to.is_file(), f"{page.name} forwards to a missing {target}"
 
 
 @pytest.mark.parametrize("path", PAGES, ids=[str(p.relative_to(SITE)) for p in PAGES])

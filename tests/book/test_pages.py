@@ -102,7 +102,7 @@ WAIT_FOR_MATH = """async (patience) => {
 }"""
 
 # Run in the page: what it shows once loaded.
-INSPECT = """async () => {
+INSPECT = r"""async () => {
   const images = Array.from(document.images);
   images.forEach((img) => { img.loading = "eager"; });
   await Promise.all(images.map((img) => img.decode().catch(() => null)));
@@ -116,6 +116,10 @@ INSPECT = """async () => {
   }
   return {
     rendered: document.querySelectorAll("mjx-container").length,
+    // TeX that MathJax set as literal text (\text{rel\_tol} without textmacros), read in its MathML
+    texInMath: Array.from(document.querySelectorAll("mjx-assistive-mml"))
+      .map((mml) => Array.from(mml.querySelectorAll("mtext, mi, mo")).map((e) => e.textContent).join(" "))
+      .filter((text) => text.includes("\\")),
     mathErrors: Array.from(document.querySelectorAll("mjx-merror, [data-mjx-error]")).map((e) => e.textContent),
     text: texts.join(" "),
     brokenImages: images.filter((img) => !img.complete || img.naturalWidth === 0).map((img) => img.src),
@@ -262,6 +266,7 @@ def test_page_in_the_browser(browser, path: Path) -> None:
     assert not record["network"], f"requested from the network: {record['network']}"
     assert shown["rendered"] == formulas, f"{shown['rendered']} of the page's {formulas} formulas rendered"
     assert not shown["mathErrors"], f"MathJax could not typeset: {shown['mathErrors']}"
+    assert not shown["texInMath"], f"TeX shown literally inside formulas: {shown['texInMath']}"
     raw = sorted(set(RAW_TEX.findall(shown["text"])))
     assert not raw, f"raw TeX in the text a reader sees: {raw[:10]}"
     assert not shown["brokenImages"], f"images that did not load: {shown['brokenImages']}"

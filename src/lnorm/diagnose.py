@@ -428,9 +428,12 @@ OFFSETS = (1.0, 4.0, 16.0, 64.0, 256.0, 1024.0)
 FITTED_OFFSETS = (16.0, 64.0, 256.0, 1024.0)
 #: Rows per offset: the largest error of 32 rows is close to the largest the rounding can make.
 ROWS_PER_OFFSET = 32
-#: Standard deviations of the eps probe's rows: 2**-24 ... 4, so that for any eps from 1e-14 to
-#: 1 some rows have eps changing sqrt(var + eps) by a resolvable fraction.
-EPS_PROBE_STDS = tuple(2.0**k for k in range(-24, 3))
+#: Standard deviations of the eps probe's rows: 2**-24 ... 64, so that for any eps from 1e-14 to
+#: 1 some rows have eps changing sqrt(var + eps) by a resolvable fraction, and the rows with
+#: standard deviation 1, 8 and 64 (eps at most 1e-3 of the variance) show Bessel's factor alone.
+EPS_PROBE_STDS = tuple(2.0**k for k in range(-24, 7))
+#: The eps probe's rows that the Bessel detector reads.
+BESSEL_STDS = (1.0, 8.0, 64.0)
 #: Mean offset (in standard deviations) of the 16-bit accuracy probe.
 HALF_OFFSET = 128.0
 
@@ -510,8 +513,6 @@ def layer_norm_probes(subject: Subject, half: bool, seed: int = 0) -> dict[str, 
     nan = _standard_rows(rng, 6, (n,))
     nan[1, 3], nan[4, 0] = np.nan, np.inf
     add("nan", nan.reshape(6, *rows))
-
-    add("scale", _scaled(_standard_rows(rng, 6, rows), np.repeat([1.0, 8.0, 64.0], 2)))
 
     eps_rows = _scaled(_standard_rows(rng, len(EPS_PROBE_STDS), rows), np.array(EPS_PROBE_STDS))
     for value in subject.eps_values:
@@ -697,28 +698,33 @@ ZERO_MEAN = 1e-3
 UNIT_VARIANCE = (0.8, 1.25)
 
 
-def normalization_axes(y: np.ndarray) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
-    """The smallest sets of axes over which ``y`` has mean 0, and over which it has variance 1.
+def normalization_axes(y: np.ndarray, trailing: tuple[int, ...]) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]:
+    """The axes ``y`` was centred over, and the axes it was scaled over, as far as they show.
 
     A LayerNorm over axes A leaves every A-group of its output with mean 0 and
-    (biased) variance ``var/(var + eps)``; so does any superset of A, and no
-    other set does when the input has offsets and spreads along every axis.
+    (biased) variance ``var/(var + eps)``, close to 1; so does every superset
+    of A, and no other set does when the input has offsets and spreads along
+    every axis. Returns the smallest set with mean 0 (None if there is none,
+    or if it is not unique), and, when that set is ``trailing``, the smallest
+    set containing it with variance 1 (None if there is none).
     """
     subsets = [s for r in range(1, y.ndim + 1) for s in itertools.combinations(range(y.ndim), r)]
     scale = math.sqrt(float(np.mean(y * y))) or 1.0
-    centred, unit = [], []
-    for axes in subsets:
-        mean = y.mean(axis=axes, keepdims=True)
-        if np.all(np.abs(mean) <= ZERO_MEAN * scale):
-            centred.append(axes)
-        var = ((y - mean) ** 2).mean(axis=axes)
-        if np.all((var >= UNIT_VARIANCE[0]) & (var <= UNIT_VARIANCE[1])):
-            unit.append(axes)
 
-    def minimal(sets: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
-        return [a for a in sets if not any(set(b) < set(a) for b in sets)]
+    def centred(axes: tuple[int, ...]) -> bool:
+        return bool(np.all(np.abs(y.mean(axis=axes, keepdims=True)) <= ZERO_MEAN * scale))
 
-    return minimal(centred), minimal(unit)
+    def unit(axes: tuple[int, ...]) -> bool:
+        var = ((y - y.mean(axis=axes, keepdims=True)) ** 2).mean(axis=axes)
+        return bool(np.all((var >= UNIT_VARIANCE[0]) & (var <= UNIT_VARIANCE[1])))
+
+    zero_mean = [a for a in subsets if centred(a)]
+    minimal = [a for a in zero_mean if not any(set(b) < set(a) for b in zero_mean)]
+    centred_over = minimal[0] if len(minimal) == 1 else None
+    if centred_over != trailing:
+        return centred_over, None
+    scaled = [a for a in subsets if set(trailing) <= set(a) and unit(a)]
+    return centred_over, (scaled[0] if scaled else None)
 
 
 def detect_wrong_axis(ctx: Context) -> Finding | None:
@@ -727,44 +733,40 @@ def detect_wrong_axis(ctx: Context) -> Finding | None:
     Input: plain 2-d rows (``rows_axes``), a 3-d input (``batch_axes``) and, for
     a function, a 3-d input with a two-dimensional ``normalized_shape``
     (``two_axes``); every axis of each carries its own offsets and spreads.
-    Measurement: the smallest sets of axes over which the output has mean 0 and
-    variance 1 (:func:`normalization_axes`); both must be exactly the trailing
-    dimensions. Thresholds: |group mean| <= 1e-3 rms(y), and group variance in
-    [0.8, 1.25]. Rounding leaves means of a few 1e-7 (the probes' rows have
-    |mean| < 12 std), and a wrong axis leaves means of order one; Bessel's
-    correction (variance (N-1)/N >= 0.94 for the probes' N >= 16), a wrong eps
-    (the probes' rows have var >= 0.25) or rounding move the variance by far
-    less than 20%. When the plain 2-d rows are normalized over wrong axes,
-    every later measurement on rows is meaningless and those detectors stand
-    down (a NaN spreading across rows through batch statistics is then this
-    finding, not ``nan_spreads``).
+    Measurement: the smallest set of axes over which the output has mean 0;
+    when that is the trailing dimensions, the smallest set containing them
+    over which it has variance 1 (:func:`normalization_axes`). Both must be
+    exactly the trailing dimensions. Thresholds: |group mean| <= 1e-3 rms(y),
+    and group variance in [0.8, 1.25]. Rounding leaves means of a few 1e-7
+    (the probes' rows have |mean| < 12 std), and a wrong axis leaves means of
+    order one; Bessel's correction (variance (N-1)/N >= 0.94 for the probes'
+    N >= 16), a wrong eps (the probes' rows have var >= 0.25) or rounding move
+    the variance by far less than 20%. When the plain 2-d rows are normalized
+    over wrong axes, every later measurement on rows is meaningless and those
+    detectors stand down (a NaN spreading across rows through batch
+    statistics is then this finding, not ``nan_spreads``).
     """
     wrong = {}
     for probe in ("rows_axes", "batch_axes", "two_axes"):
         y = ctx.output(probe)
         if y is None:
             continue
-        p = ctx.calls[probe].probe
-        trailing = tuple(range(y.ndim - len(p.normalized_shape), y.ndim))
-        centred, unit = normalization_axes(y)
-        if (centred and centred != [trailing]) or (unit and unit != [trailing]):
-            wrong[probe] = {
-                "shape": y.shape,
-                "normalized_shape": p.normalized_shape,
-                "expected axes": trailing,
-                "centred over": centred[0] if centred else None,
-                "scaled over": unit[0] if unit else None,
-            }
+        shape = ctx.calls[probe].probe.normalized_shape
+        trailing = tuple(range(y.ndim - len(shape), y.ndim))
+        centred_over, scaled_over = normalization_axes(y, trailing)
+        if centred_over is not None and centred_over != trailing:
+            wrong[probe] = (y.shape, shape, trailing, f"centred over axes {centred_over}")
+        elif centred_over == trailing and scaled_over not in (None, trailing):
+            wrong[probe] = (y.shape, shape, trailing, f"scaled over axes {scaled_over}")
     if not wrong:
         return None
     ctx.rows_unreliable = "rows_axes" in wrong
-    probe, seen = next(iter(wrong.items()))
-    over = seen["centred over"] if seen["centred over"] is not None else seen["scaled over"]
+    x_shape, shape, trailing, what = next(iter(wrong.values()))
     return Finding(
         "wrong_axis",
-        f"for an input of shape {seen['shape']} with normalized_shape={seen['normalized_shape']} it "
-        f"normalizes over axes {over}; LayerNorm normalizes over the trailing axes {seen['expected axes']}",
-        {name: f"centred over {w['centred over']}, scaled over {w['scaled over']}" for name, w in wrong.items()},
+        f"for an input of shape {x_shape} with normalized_shape={shape} it is {what}; LayerNorm "
+        f"normalizes over the trailing axes {trailing}",
+        {name: f"{w[3]}, input shape {w[0]}" for name, w in wrong.items()},
     )
 
 
@@ -820,21 +822,23 @@ BESSEL_TOLERANCE = 0.1
 def detect_bessel_correction(ctx: Context) -> Finding | None:
     """``bessel_correction``: the variance divides by N - 1.
 
-    Input: rows with mean 0 and standard deviation 1, 8 and 64 (eps is then
-    at most 1e-3 of the variance). Measurement: the fitted denominator ``d``
-    of each row (:func:`fitted_denominator`) against the correct
-    ``sqrt(var + eps)``: with Bessel's correction ``d**2/(var + eps) - 1`` is
-    ``1/(N - 1)`` at every standard deviation. Threshold: that quantity times
-    N - 1 within 10% of 1 in every row. A wrong eps changes it in proportion
-    to 1/var, by a factor of 4096 across the three standard deviations, so it
-    cannot match all three; rounding changes ``d**2`` by a few 1e-7, which is
-    under 10% of 1/(N - 1) for rows up to N = 100,000 elements.
+    Input: the eps probe's rows with mean 0 and standard deviation 1, 8 and
+    64 (eps is then at most 1e-3 of the variance). Measurement: the fitted
+    denominator ``d`` of each row (:func:`fitted_denominator`) against the
+    correct ``sqrt(var + eps)``: with Bessel's correction
+    ``d**2/(var + eps) - 1`` is ``1/(N - 1)`` at every standard deviation.
+    Threshold: that quantity times N - 1 within 10% of 1 in all three rows. A
+    wrong eps changes it in proportion to 1/var, by a factor of 4096 across
+    the three rows, so it cannot match all three; rounding changes ``d**2`` by
+    a few 1e-7, which is under 10% of 1/(N - 1) for rows of up to 100,000
+    elements.
     """
-    y = ctx.output("scale")
+    probe = f"eps={ctx.eps:g}"
+    y = ctx.output(probe)
     if y is None or ctx.rows_unreliable:
         return None
-    x = ctx.calls["scale"].probe.x
-    std, d = fitted_denominator(x, y)
+    rows = [EPS_PROBE_STDS.index(s) for s in BESSEL_STDS]
+    std, d = fitted_denominator(ctx.calls[probe].probe.x[rows], y[rows])
     if not np.all(np.isfinite(d)):
         return None
     n = ctx.n
@@ -989,17 +993,17 @@ def detect_one_pass_variance(ctx: Context) -> Finding | None:
     exponent = growth_exponent(FITTED_OFFSETS, fitted)
     if not (exponent > ONE_PASS_EXPONENT or (np.isnan(exponent) and np.isinf(fitted[-1]))):
         return None
-    output_error = _output_errors(call)
+    first, last = int(FITTED_OFFSETS[0]), int(FITTED_OFFSETS[-1])
     return Finding(
         "one_pass_variance",
         f"the relative error of its variance grows like mean^{exponent:.1f}, from "
-        f"{fitted[0]:.1e} at mean 16 to {fitted[-1]:.1e} at mean 256 (std 1): cancellation in "
-        "E[x^2] - E[x]^2",
+        f"{fitted[0]:.1e} at mean {first} to {fitted[-1]:.1e} at mean {last} (std 1): "
+        "cancellation in E[x^2] - E[x]^2",
         {
-            "mean offsets": list(OFFSETS),
+            "mean offsets": [int(o) for o in OFFSETS],
             "relative error of the variance": [float(v) for v in per_offset],
-            "output error, eps32 x max|y|": output_error,
-            "growth exponent (means 16-256)": exponent,
+            "output error, eps32 x max|y|": _output_errors(call),
+            f"growth exponent (means {first}-{last})": exponent,
         },
     )
 

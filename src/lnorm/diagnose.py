@@ -166,6 +166,25 @@ class Finding:
 
 
 @dataclass(frozen=True)
+class Measurement:
+    """A detector's deciding quantity and the threshold it is held against."""
+
+    quantity: str
+    value: float
+    threshold: float
+    #: True: a finding when value > threshold; False: a finding when value <= threshold.
+    flags_above: bool = True
+
+    @property
+    def flagged(self) -> bool:
+        return self.value > self.threshold if self.flags_above else self.value <= self.threshold
+
+    def __str__(self) -> str:
+        rule = ">" if self.flags_above else "<="
+        return f"{self.quantity}: {self.value:.3g} (a finding when {rule} {self.threshold:g})"
+
+
+@dataclass(frozen=True)
 class Report:
     """What :func:`check` found for one implementation."""
 
@@ -177,6 +196,8 @@ class Report:
     tolerance: tuple[float, float] | None
     #: How the tolerance was derived, in one sentence (None with the tolerance).
     tolerance_reason: str | None = None
+    #: The deciding measurement of each numerical detector that ran, by kind.
+    measurements: dict[str, Measurement] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -608,6 +629,13 @@ class Context:
     rows_unreliable: bool = False
     #: What the function divides by, per eps, as measured (see Denominator).
     denominators: dict[float, Denominator] = field(default_factory=dict)
+    #: The deciding measurement of each numerical detector that ran.
+    measurements: dict[str, Measurement] = field(default_factory=dict)
+
+    def measure(self, kind: str, *args) -> Measurement:
+        """Record a detector's deciding measurement (the arguments of :class:`Measurement`)."""
+        self.measurements[kind] = Measurement(*args)
+        return self.measurements[kind]
 
     def output(self, probe: str) -> np.ndarray | None:
         """The output of a probe, or None when the call raised or returned something unusable."""
@@ -746,18 +774,21 @@ def detect_wrong_axis(ctx: Context) -> Finding | None:
     detectors stand down (a NaN spreading across rows through batch
     statistics is then this finding, not ``nan_spreads``).
     """
-    wrong = {}
+    wrong, largest_mean = {}, 0.0
     for probe in ("rows_axes", "batch_axes", "two_axes"):
         y = ctx.output(probe)
         if y is None:
             continue
         shape = ctx.calls[probe].probe.normalized_shape
         trailing = tuple(range(y.ndim - len(shape), y.ndim))
+        scale = math.sqrt(float(np.mean(y * y))) or 1.0
+        largest_mean = max(largest_mean, float(np.max(np.abs(y.mean(axis=trailing)))) / scale)
         centred_over, scaled_over = normalization_axes(y, trailing)
         if centred_over is not None and centred_over != trailing:
             wrong[probe] = (y.shape, shape, trailing, f"centred over axes {centred_over}")
         elif centred_over == trailing and scaled_over not in (None, trailing):
             wrong[probe] = (y.shape, shape, trailing, f"scaled over axes {scaled_over}")
+    ctx.measure("wrong_axis", "largest |mean over the trailing axes| / rms(y)", largest_mean, ZERO_MEAN)
     if not wrong:
         return None
     ctx.rows_unreliable = "rows_axes" in wrong
@@ -843,7 +874,14 @@ def detect_bessel_correction(ctx: Context) -> Finding | None:
         return None
     n = ctx.n
     excess = (d**2 / (std**2 + ctx.eps) - 1.0) * (n - 1)
-    if not np.all(np.abs(excess - 1.0) <= BESSEL_TOLERANCE):
+    measured = ctx.measure(
+        "bessel_correction",
+        "largest |(d^2/(var + eps) - 1)(N - 1) - 1|",
+        float(np.max(np.abs(excess - 1.0))),
+        BESSEL_TOLERANCE,
+        False,
+    )
+    if not measured.flagged:
         return None
     factor = float(np.median(np.sqrt(std**2 + ctx.eps) / d))
     return Finding(
@@ -881,6 +919,8 @@ def eps_fit(ctx: Context, eps: float) -> dict | None:
         return {"verdict": "unexplained", "eps passed": eps}
     expected = Denominator(ctx.n, ctx.found("bessel_correction"), eps)
     deviation = float(np.max(np.abs(d / expected(std) - 1.0)))
+    if eps == ctx.eps:
+        ctx.measure("eps", "largest |d / sqrt(var + eps) - 1|", deviation, EPS_DEVIATION)
     if deviation <= EPS_DEVIATION:
         return {"verdict": "correct", "eps passed": eps}
     s = std * math.sqrt(ctx.n / (ctx.n - 1)) if expected.bessel else std  # what it takes as std
@@ -991,6 +1031,9 @@ def detect_one_pass_variance(ctx: Context) -> Finding | None:
     per_offset = relative.reshape(len(OFFSETS), -1).max(axis=1)
     fitted = [per_offset[OFFSETS.index(o)] for o in FITTED_OFFSETS]
     exponent = growth_exponent(FITTED_OFFSETS, fitted)
+    ctx.measure(
+        "one_pass_variance", "growth exponent of the variance's error", exponent, ONE_PASS_EXPONENT
+    )
     if not (exponent > ONE_PASS_EXPONENT or (np.isnan(exponent) and np.isinf(fitted[-1]))):
         return None
     first, last = int(FITTED_OFFSETS[0]), int(FITTED_OFFSETS[-1])
@@ -1024,52 +1067,69 @@ def _output_errors(call: Call) -> list[float]:
 HALF_UNITS = 4.0
 
 
+#: The 16-bit probes: name -> (storage dtype, what their rows are).
+HALF_PROBES = {
+    "float16": ("float16", "mean about 128, std 1"),
+    "bfloat16": ("bfloat16", "mean about 128, std 1"),
+    "float16 overflow": ("float16", "std 300: squared deviations above 65504"),
+}
+
+
 def detect_low_precision_accumulation(ctx: Context) -> Finding | None:
     """``low_precision_accumulation``: for 16-bit inputs the statistics are computed in 16 bits.
 
     Input: float16 (and, in torch, bfloat16) rows with standard deviation 1
-    and mean 128, and float16 rows with mean 300 and standard deviation 100,
-    each called once as they are and once converted to float32 (the same
-    values). Measurement: the distance between the 16-bit output and the
-    float32 output rounded to 16 bits, in units of the 16-bit eps times
-    max|y|; and whether the 16-bit output is finite where the float32 one is.
-    Threshold: 4 units, or any overflow. Computing in float32 and rounding once
-    gives at most 1 unit (both outputs round float32 results that differ by
-    float32 rounding, 2**-13 of a float16 unit). A 16-bit mean alone is off by
-    up to half a 16-bit spacing at 128, which is 128 u16 relative to the
-    standard deviation: about 128/(2 max|y|) > 15 units for the probe's
-    max|y| < 4. Squares of deviations beyond 256 overflow float16 (65504).
-    Comparing the function with itself makes the measurement blind to every
-    other mistake, which both paths share.
+    and means between 102 and 160, and float16 rows with standard deviation
+    300 (every row has an element at least 300 from its mean), no weight or
+    bias, each called once as they are and once converted to float32 (the
+    same values). Measurement: the largest distance between the 16-bit
+    output and the float32 output rounded to 16 bits, in units of the 16-bit
+    eps times max|y|, and whether the 16-bit output is finite where the
+    float32 one is. Threshold: 4 units, or any overflow. Computing in float32
+    and rounding once gives at most 1 unit: both outputs round float32 results
+    that differ by float32 rounding, 2**-13 of a float16 unit, so they differ
+    by at most one 16-bit spacing. A 16-bit mean alone is off by up to half a
+    16-bit spacing at the mean, 2**-11 of 128 for float16 (2**-8 for
+    bfloat16), which is 1/16 (1/2) of the standard deviation, the same in
+    every output of the row: that is 64 units (512) divided by max|y|, over 8
+    units for the probe's rows (a standardized row of 64 has |y| < 8), and
+    the largest of 32 rows comes close to it. Squares of deviations beyond 256
+    overflow float16 (65504). Comparing the function with itself makes the
+    measurement blind to every other mistake, which both paths share.
     """
-    seen = {}
-    for dtype in ctx.subject.half_dtypes + ("float16 overflow",):
-        low, high = ctx.calls.get(f"{dtype}:{dtype.split()[0]}"), ctx.calls.get(f"{dtype}:float32")
+    seen, largest, measured = {}, 0.0, False
+    for name, (storage, rows) in HALF_PROBES.items():
+        low, high = ctx.calls.get(f"{name}:{storage}"), ctx.calls.get(f"{name}:float32")
         if low is None or high is None or low.output is None or high.output is None:
             continue
-        storage = dtype.split()[0]
         rounded = _rounded(high.output, storage)
         finite = np.isfinite(rounded)
         if not finite.any():
             continue
-        overflow = bool(np.any(~np.isfinite(low.output) & finite))
-        scale = float(np.max(np.abs(rounded[finite]))) or 1.0
+        eps16 = 2.0**-7 if storage == "bfloat16" else 2.0**-10
         with np.errstate(invalid="ignore"):
-            units = float(np.max(np.abs(low.output[finite] - rounded[finite]))) / (
-                errors.machine_epsilon(torch.empty(0, dtype=_TORCH_DTYPES[storage])) * scale
-            )
-        if overflow or not units <= HALF_UNITS:
-            seen[dtype] = "inf or NaN where float32 is finite" if overflow else units
+            gap = np.abs(low.output[finite] - rounded[finite])
+        units = float(np.max(gap)) / (eps16 * float(np.max(np.abs(rounded[finite])) or 1.0))
+        largest, measured = max(largest, units), True
+        if not np.all(np.isfinite(gap)):
+            seen[f"{name} ({rows})"] = "inf or NaN where float32 is finite"
+        elif units > HALF_UNITS:
+            seen[f"{name} ({rows})"] = f"{units:.0f} units"
     if not seen:
+        if measured:
+            ctx.measure(
+                "low_precision_accumulation",
+                "16-bit output vs float32 output rounded, 16-bit eps x max|y|",
+                largest,
+                HALF_UNITS,
+            )
         return None
     return Finding(
         "low_precision_accumulation",
-        "its 16-bit outputs differ from its own float32 computation rounded to 16 bits by "
-        + ", ".join(
-            f"{v if isinstance(v, str) else f'{v:.0f} units'} ({k})" for k, v in seen.items()
-        )
-        + f"; rounding alone accounts for at most 1 unit of 16-bit eps x max|y|",
-        {"16-bit eps x max|y| units, or overflow": seen},
+        "its 16-bit outputs differ from its own float32 computation, rounded to 16 bits, by "
+        + "; ".join(f"{v} on {k} rows" for k, v in seen.items())
+        + ". Rounding alone makes at most 1 unit of 16-bit eps x max|y|",
+        {"16-bit eps x max|y|, by input": seen},
     )
 
 
@@ -1109,7 +1169,10 @@ def detect_affine_wrong(ctx: Context) -> Finding | None:
     scale = float(np.max(np.abs(mine[np.isfinite(mine)]), initial=0.0)) or 1.0
     with np.errstate(invalid="ignore"):
         distance = {k: float(np.max(np.abs(mine - c))) / scale for k, c in candidates.items()}
-    if distance["correct"] <= AFFINE_MATCH:
+    measured = ctx.measure(
+        "affine_wrong", "distance to x_hat*w + b / max|y|", distance["correct"], AFFINE_MATCH
+    )
+    if not measured.flagged:
         return None
     matches = [k for k, v in distance.items() if v <= AFFINE_MATCH]
     what = matches[0] if matches else "applied in some other way"
@@ -1148,7 +1211,7 @@ def detect_wrong_output(ctx: Context) -> Finding | None:
         if np.all(np.isfinite(y))
         else float("inf")
     )
-    if units <= WRONG_OUTPUT_UNITS:
+    if not ctx.measure("wrong_output", "error / (eps32 max|y|)", units, WRONG_OUTPUT_UNITS).flagged:
         return None
     return Finding(
         "wrong_output",
@@ -1271,9 +1334,9 @@ def check(
         if finding is not None:
             ctx.findings.append(finding)
     if ctx.findings:
-        return Report(subject.name, framework, tuple(ctx.findings), None)
+        return Report(subject.name, framework, tuple(ctx.findings), None, None, ctx.measurements)
     rtol_atol, reason = tolerance(ctx)
-    return Report(subject.name, framework, (), rtol_atol, reason)
+    return Report(subject.name, framework, (), rtol_atol, reason, ctx.measurements)
 
 
 def load(target: str) -> Callable:

@@ -570,7 +570,7 @@ def layer_norm_probes(subject: Subject, half: bool, seed: int = 0) -> dict[str, 
 
 def row_statistics(x: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact (float64) centred values and biased standard deviation of each row of ``x``."""
-    flat = x.reshape(rows, -1)
+    flat = np.asarray(x, np.float64).reshape(rows, -1)
     centred = flat - flat.mean(axis=1, keepdims=True)
     return centred, np.sqrt((centred * centred).mean(axis=1))
 
@@ -586,7 +586,7 @@ def fitted_denominator(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.nda
     """
     rows = x.shape[0]
     centred, std = row_statistics(x, rows)
-    flat_y = y.reshape(rows, -1)
+    flat_y = np.asarray(y, np.float64).reshape(rows, -1)
     with np.errstate(invalid="ignore", divide="ignore"):
         d = (centred * centred).sum(axis=1) / (centred * flat_y).sum(axis=1)
     return std, d
@@ -1089,10 +1089,10 @@ def detect_low_precision_accumulation(ctx: Context) -> Finding | None:
     and rounding once gives at most 1 unit: both outputs round float32 results
     that differ by float32 rounding, 2**-13 of a float16 unit, so they differ
     by at most one 16-bit spacing. A 16-bit mean alone is off by up to half a
-    16-bit spacing at the mean, 2**-11 of 128 for float16 (2**-8 for
-    bfloat16), which is 1/16 (1/2) of the standard deviation, the same in
-    every output of the row: that is 64 units (512) divided by max|y|, over 8
-    units for the probe's rows (a standardized row of 64 has |y| < 8), and
+    16-bit spacing at the mean: for means between 128 and 160, 2**-4 of the
+    standard deviation in float16 and 2**-1 in bfloat16, the same in every
+    output of the row. In 16-bit eps times max|y| both are 64/max|y| units,
+    over 8 for the probe's rows (a standardized row of 64 has |y| < 8), and
     the largest of 32 rows comes close to it. Squares of deviations beyond 256
     overflow float16 (65504). Comparing the function with itself makes the
     measurement blind to every other mistake, which both paths share.

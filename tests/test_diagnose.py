@@ -316,3 +316,12 @@ def test_cli_exit_codes(tmp_path: Path) -> None:
     )
     assert forum.returncode == 1, forum.stdout + forum.stderr
     assert "[bessel_correction]" in forum.stdout
+
+
+def test_cli_usage_errors_exit_with_2(tmp_path: Path) -> None:
+    path = tmp_path / "empty.py"
+    path.write_text("")
+    for target in (f"{path}:missing", f"{tmp_path / 'absent.py'}:layer_norm", "no-colon"):
+        with pytest.raises(SystemExit) as exited:
+            diagnose.main([target])
+        assert exited.value.code == 2

@@ -924,9 +924,9 @@ def eps_fit(ctx: Context, eps: float) -> dict | None:
     ``d - s`` the same. Among the rows where eps changes ``d`` by at least 1e-3
     (so that either difference is known to 1e-4 relative), the estimates of the
     right model agree to within 5% (rounding leaves them within 1e-4) while
-    those of the wrong one spread over a factor above 20 (45 for eps inside,
-    2000 for eps outside, between the first resolving row and the smallest
-    standard deviation; the rows' standard deviations span 2**30). Returns the verdict:
+    those of the wrong one spread over a factor above 20 (about 30 for eps
+    inside and 1500 for eps outside on the probe's rows, whose standard
+    deviations span 2**30; chapter 9 measures them). Returns the verdict:
     ``correct``, ``inside`` or ``outside`` with the estimate, ``zero`` (no row
     resolves any eps), or ``unexplained``; None when the probe has no output.
     """
@@ -1139,7 +1139,7 @@ def detect_low_precision_accumulation(ctx: Context) -> Finding | None:
         if not np.all(np.isfinite(gap)):
             seen[f"{name} ({rows})"] = "inf or NaN where float32 is finite"
         elif units > HALF_UNITS:
-            seen[f"{name} ({rows})"] = f"{units:.0f} units"
+            seen[f"{name} ({rows})"] = units
     if not seen:
         if measured:
             ctx.measure(
@@ -1152,7 +1152,9 @@ def detect_low_precision_accumulation(ctx: Context) -> Finding | None:
     return Finding(
         "low_precision_accumulation",
         "its 16-bit outputs differ from its own float32 computation, rounded to 16 bits, by "
-        + "; ".join(f"{v} on {k} rows" for k, v in seen.items())
+        + "; ".join(
+            f"{v if isinstance(v, str) else f'{v:.0f} units'} on {k} rows" for k, v in seen.items()
+        )
         + ". Rounding alone makes at most 1 unit of 16-bit eps x max|y|",
         {"16-bit eps x max|y|, by input": seen},
     )

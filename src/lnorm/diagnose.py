@@ -1,0 +1,1417 @@
+"""Is my LayerNorm right? A checker for a reader's own implementation.
+
+    report = lnorm.diagnose.check(fn)          # fn(x, normalized_shape, weight, bias, eps)
+    report = lnorm.diagnose.check(fn, "numpy") # the same on NumPy arrays
+    report = lnorm.diagnose.check(module)      # an nn.Module (normalized_shape, weight, bias, eps)
+    report.ok, report.kinds, report.findings, report.tolerance, report.measurements
+    print(report)
+
+or ``python -m lnorm.diagnose path/to/file.py:function [--numpy]``.
+
+The checker calls ``fn`` on seeded inputs of its own (the *probes* below), each
+built to expose one mistake, and judges every output against
+:func:`lnorm.errors.reference_layer_norm` (float64 on the exact input values,
+far more accurate than any float32 result). Each mistake has a *detector*: a
+small function whose docstring says which input exposes the bug, what
+measurement decides it, the threshold, and why rounding error cannot reach
+that threshold. The detectors run in the order of :data:`LAYER_NORM_DETECTORS`;
+later ones use what earlier ones learned (a function with Bessel's correction
+divides by ``sqrt(N/(N-1) var + eps)``, and the eps detectors measure against
+that), so that one mistake is reported once, under its own kind.
+
+Most detectors read the *denominator* the function divided each row by,
+recovered from its output: for a row with exact centred values ``c = x - mean``
+and output ``y``, the least-squares fit ``d = sum(c*c) / sum(c*y)``. Because
+``sum(c) = 0``, an error ``delta`` in the function's mean, which shifts every
+``y`` by the same ``delta/d``, drops out of the fit exactly; ``d`` carries only
+the function's variance and eps, measured to a few float32 roundings.
+
+The finding kinds (:data:`KINDS`) are stable strings that tests and readers
+rely on. ``norm="layer"`` is the only norm so far; a second norm (RMSNorm)
+reuses the machinery (probes, calls, the denominator fit, the report) with a
+list of detectors of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import itertools
+import math
+import sys
+import textwrap
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lnorm import errors
+
+# ----------------------------------------------------------------------------------------------
+# Finding kinds, findings and the report
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What a finding kind means, how to fix it, and where the book explains it."""
+
+    title: str
+    fix: str
+    chapter: str
+
+
+KINDS: dict[str, Kind] = {
+    "raises": Kind(
+        "the function raised an exception on valid input",
+        "accept every input torch.nn.functional.layer_norm accepts: any leading dimensions, "
+        "weight/bias None or given, float16/bfloat16/float32 inputs, an empty batch",
+        "chapter 1, LayerNorm from first principles",
+    ),
+    "dtype_changed": Kind(
+        "the output's type, dtype or shape differs from the input's",
+        "return an array of the input's type, dtype and shape: compute in float32 if you like, "
+        "then convert back with .to(x.dtype) / .astype(x.dtype)",
+        "chapter 7, Half precision",
+    ),
+    "mutates_input": Kind(
+        "the function changes its input in place",
+        "work on a new tensor: y = x - mean, not x -= mean (or clone the input first)",
+        "chapter 1, LayerNorm from first principles",
+    ),
+    "wrong_axis": Kind(
+        "the statistics run over other dimensions than the trailing normalized_shape",
+        "reduce over the last len(normalized_shape) dimensions with keepdim=True: "
+        "dim=tuple(range(-len(normalized_shape), 0))",
+        "chapter 1, LayerNorm from first principles (Why normalize, and over which axis)",
+    ),
+    "eps_ignored": Kind(
+        "a constant row gives NaN or inf: eps is not added to the variance",
+        "divide by sqrt(var + eps) (or multiply by rsqrt(var + eps)): "
+        "eps keeps a constant row at 0",
+        "chapter 4, Where the error comes from (Why eps matters for near-constant rows)",
+    ),
+    "nan_spreads": Kind(
+        "a NaN or inf in one row changes the output of other rows",
+        "compute every statistic per row; nothing may reduce over the batch",
+        "chapter 1, LayerNorm from first principles (Why normalize, and over which axis)",
+    ),
+    "bessel_correction": Kind(
+        "the variance divides by N - 1 (Bessel's correction): the output is too small by "
+        "sqrt((N-1)/N)",
+        "torch.var(x, dim=-1, keepdim=True, correction=0) (or unbiased=False); "
+        "np.var's default ddof=0 is right",
+        "chapter 2, Is this expected behaviour?",
+    ),
+    "eps_outside_sqrt": Kind(
+        "eps is added to the standard deviation, not to the variance: x_hat = (x - mean) / "
+        "(std + eps)",
+        "x_hat = (x - mean) / sqrt(var + eps), the formula of torch.nn.LayerNorm",
+        "chapter 1, LayerNorm from first principles (Where eps goes)",
+    ),
+    "eps_mismatch": Kind(
+        "eps is inside the square root, but not the eps that was passed",
+        "use the eps argument (torch's default is 1e-5; Keras' LayerNormalization uses 1e-3): "
+        "when porting weights, port the eps too",
+        "chapter 1, LayerNorm from first principles (Where eps goes)",
+    ),
+    "one_pass_variance": Kind(
+        "the variance is computed as E[x^2] - E[x]^2 (or another formula whose error grows "
+        "with the square of the mean)",
+        "subtract the mean first: var = mean((x - mean)**2); lnorm.moments.shifted_two_pass "
+        "is accurate at any mean",
+        "chapter 4, Where the error comes from",
+    ),
+    "low_precision_accumulation": Kind(
+        "for 16-bit inputs the statistics are computed in 16 bits",
+        "compute in float32 and round once at the end: x32 = x.float(); ...; return y.to(x.dtype)",
+        "chapter 7, Half precision",
+    ),
+    "affine_wrong": Kind(
+        "weight and bias are not applied as y = x_hat * weight + bias",
+        "normalize first, then y = x_hat * weight + bias (weight multiplies, bias adds)",
+        "chapter 1, LayerNorm from first principles (The affine parameters)",
+    ),
+    "wrong_output": Kind(
+        "the output differs from LayerNorm by more than rounding error, in a way none of the "
+        "specific detectors recognizes",
+        "compare your formula with chapter 1's, step by step, on a small input",
+        "chapter 1, LayerNorm from first principles",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One mistake: its ``kind`` (a key of :data:`KINDS`), what was seen, and the measurements."""
+
+    kind: str
+    message: str
+    evidence: dict = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        info = KINDS[self.kind]
+        evidence = "; ".join(f"{k} = {_fmt(v)}" for k, v in self.evidence.items())
+        parts = [
+            _wrap(f"[{self.kind}] {info.title}", ""),
+            _wrap(f"seen: {self.message}", "  "),
+            _wrap(f"evidence: {evidence}", "  ") if evidence else "",
+            _wrap(f"fix: {info.fix}", "  "),
+            _wrap(f"read: {info.chapter}", "  "),
+        ]
+        return "\n".join(part for part in parts if part)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """A detector's deciding quantity and the threshold it is held against."""
+
+    quantity: str
+    value: float
+    threshold: float
+    #: True: a finding when value > threshold; False: a finding when value <= threshold.
+    flags_above: bool = True
+
+    @property
+    def flagged(self) -> bool:
+        return self.value > self.threshold if self.flags_above else self.value <= self.threshold
+
+    def __str__(self) -> str:
+        rule = ">" if self.flags_above else "<="
+        return f"{self.quantity}: {self.value:.3g} (a finding when {rule} {self.threshold:g})"
+
+
+@dataclass(frozen=True)
+class Report:
+    """What :func:`check` found for one implementation."""
+
+    name: str
+    framework: str
+    findings: tuple[Finding, ...]
+    #: ``(rtol, atol)`` for comparing the implementation's float32 output with torch's, or None
+    #: when there are findings (a wrong formula is not rounding error). See :func:`tolerance`.
+    tolerance: tuple[float, float] | None
+    #: How the tolerance was derived, in one sentence (None with the tolerance).
+    tolerance_reason: str | None = None
+    #: The deciding measurement of each numerical detector that ran, by kind.
+    measurements: dict[str, Measurement] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing was found."""
+        return not self.findings
+
+    @property
+    def kinds(self) -> list[str]:
+        """The kinds found, in the order the detectors run."""
+        return [finding.kind for finding in self.findings]
+
+    def __str__(self) -> str:
+        head = f"{self.name} ({self.framework}): "
+        if self.ok:
+            lines = [head + "no findings: it computes LayerNorm."]
+        else:
+            count = len(self.findings)
+            lines = [head + f"{count} finding{'s' if count > 1 else ''}"]
+            lines += [str(finding) for finding in self.findings]
+        if self.tolerance is None:
+            lines.append(
+                "tolerance: none until the findings are fixed (they are not rounding error)"
+            )
+        else:
+            rtol, atol = self.tolerance
+            lines.append(
+                _wrap(
+                    "tolerance: compare its float32 output with torch's by "
+                    f"torch.testing.assert_close(mine, theirs, rtol={rtol:g}, atol={atol:.1e}), "
+                    f"tolerances by keyword: {self.tolerance_reason}.",
+                    "",
+                )
+            )
+        return "\n".join(lines)
+
+
+def _wrap(text: str, indent: str) -> str:
+    """``text`` wrapped to 96 columns, its first line indented by ``indent``, the rest by 4 more."""
+    return textwrap.fill(
+        text, 96, initial_indent=indent, subsequent_indent=indent + "    ", break_on_hyphens=False
+    )
+
+
+def _fmt(value: object) -> str:
+    """Evidence for printing: floats to 3 significant digits, containers element by element."""
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.3g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_fmt(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+# ----------------------------------------------------------------------------------------------
+# Calling the reader's function
+# ----------------------------------------------------------------------------------------------
+
+#: The dtypes the probes use, by name; bfloat16 exists only in torch.
+_TORCH_DTYPES = {
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+}
+
+
+def _rounded(values: np.ndarray, dtype: str) -> np.ndarray:
+    """``values`` rounded to ``dtype`` (to nearest), returned as exact float64."""
+    if dtype == "bfloat16":
+        return torch.from_numpy(np.asarray(values, np.float64)).to(torch.bfloat16).double().numpy()
+    return np.asarray(values, np.float64).astype(dtype).astype(np.float64)
+
+
+@dataclass
+class Probe:
+    """One input for the function: exact values (float64) of an input of ``dtype``."""
+
+    name: str
+    x: np.ndarray
+    normalized_shape: tuple[int, ...]
+    dtype: str = "float32"
+    weight: np.ndarray | None = None
+    bias: np.ndarray | None = None
+    eps: float = 1e-5
+
+
+@dataclass
+class Call:
+    """What happened when the function was called on one probe."""
+
+    probe: Probe
+    #: The output as float64 values, when it is an array of the input's shape; else None.
+    output: np.ndarray | None = None
+    #: The output's type, dtype and shape in words, and whether they are the input's.
+    returned: str = ""
+    same_type_dtype_shape: bool = False
+    #: "ExceptionType: message" when the call raised.
+    error: str | None = None
+    #: The arguments (x, weight, bias) whose values the call changed.
+    mutated: tuple[str, ...] = ()
+    _reference: np.ndarray | None = None
+
+    @property
+    def reference(self) -> np.ndarray:
+        """LayerNorm of the probe's exact values, in float64."""
+        if self._reference is None:
+            p = self.probe
+            with np.errstate(invalid="ignore", divide="ignore"):
+                self._reference = errors.reference_layer_norm(
+                    p.x, p.normalized_shape, p.weight, p.bias, p.eps
+                )
+        return self._reference
+
+
+class Subject:
+    """The implementation under test: a function or an ``nn.Module``, in torch or NumPy.
+
+    ``call`` hands the function fresh arrays built from a probe (never the arrays the
+    checker keeps as references), catches what it raises, and compares its
+    arguments afterwards with copies to see whether it changed them.
+    """
+
+    def __init__(
+        self,
+        fn: Callable | torch.nn.Module,
+        framework: str,
+        normalized_shape: int | Sequence[int] | None = None,
+    ):
+        if framework not in ("torch", "numpy"):
+            raise ValueError(f"framework must be 'torch' or 'numpy', got {framework!r}")
+        if not callable(fn):
+            raise TypeError(f"check needs a function or an nn.Module, got {type(fn).__name__}")
+        self.fn = fn
+        self.framework = framework
+        self.is_module = isinstance(fn, torch.nn.Module)
+        self.name = _name_of(fn)
+        if not self.is_module:
+            #: Row shape of the probes; a function is also probed with other normalized_shapes.
+            self.row_shape: tuple[int, ...] = (64,)
+            self.has_weight = self.has_bias = True
+            #: The eps values probed: a function must use the one it is given.
+            self.eps_values: tuple[float, ...] = (1e-5, 1e-3)
+            self.half_dtypes = ("float16", "bfloat16") if framework == "torch" else ("float16",)
+            return
+        if framework != "torch":
+            raise ValueError("an nn.Module is checked with framework='torch'")
+        self.has_weight = isinstance(getattr(fn, "weight", None), torch.Tensor)
+        self.has_bias = isinstance(getattr(fn, "bias", None), torch.Tensor)
+        shape = normalized_shape or getattr(fn, "normalized_shape", None)
+        if shape is None and self.has_weight:
+            shape = tuple(fn.weight.shape)
+        if shape is None:
+            raise ValueError(
+                f"{self.name} has no normalized_shape or weight attribute: "
+                "pass normalized_shape= to check"
+            )
+        self.row_shape = (shape,) if isinstance(shape, int) else tuple(int(d) for d in shape)
+        if int(np.prod(self.row_shape)) < 2:
+            raise ValueError(
+                f"rows of {int(np.prod(self.row_shape))} element normalize to 0 whatever the "
+                "formula: nothing to check"
+            )
+        eps = getattr(fn, "eps", 1e-5)
+        self.eps_values = (float(eps),)
+        self.half_dtypes = ("float16", "bfloat16")
+        self._copies: dict[str, torch.nn.Module] = {}
+
+    def call(self, probe: Probe) -> Call:
+        record = Call(probe)
+        args = self._arguments(probe)
+        kept = [None if a is None else _copy_of(a) for a in args]
+        try:
+            with warnings.catch_warnings(), np.errstate(all="ignore"), torch.no_grad():
+                warnings.simplefilter("ignore")
+                out = self._invoke(probe, *args)
+        except Exception as error:  # a reader's function may raise anything: that is a finding
+            record.error = f"{type(error).__name__}: {error}".strip()
+            return record
+        finally:
+            record.mutated = tuple(
+                name
+                for name, a, k in zip(("x", "weight", "bias"), args, kept)
+                if a is not None and not _same_values(a, k)
+            )
+        record.returned, record.same_type_dtype_shape, record.output = self._inspect(out, probe)
+        return record
+
+    def _arguments(self, probe: Probe) -> list:
+        def array(values: np.ndarray | None) -> object:
+            if values is None:
+                return None
+            if self.framework == "numpy":
+                return values.astype(probe.dtype)
+            return torch.from_numpy(values).to(_TORCH_DTYPES[probe.dtype])
+
+        if self.is_module:  # weight and bias go into the module's parameters instead
+            return [array(probe.x), None, None]
+        return [array(probe.x), array(probe.weight), array(probe.bias)]
+
+    def _invoke(self, probe: Probe, x: object, weight: object, bias: object) -> object:
+        if not self.is_module:
+            return self.fn(x, probe.normalized_shape, weight, bias, probe.eps)
+        module = self._module_for(probe.dtype)
+        # A module computes with its own parameters: set them to the probe's (ones and
+        # zeros when the probe has none), on a copy, so the reader's module is untouched.
+        for name, values, default in (("weight", probe.weight, 1.0), ("bias", probe.bias, 0.0)):
+            param = getattr(module, name, None)
+            if isinstance(param, torch.Tensor):
+                if values is None:
+                    param.fill_(default)
+                else:
+                    param.copy_(torch.from_numpy(values).reshape(param.shape))
+        return module(x)
+
+    def _module_for(self, dtype: str) -> torch.nn.Module:
+        """A copy of the module, floating parameters in ``dtype``, as ``model.to(dtype)`` makes."""
+        if dtype not in self._copies:
+            self._copies[dtype] = copy.deepcopy(self.fn).to(_TORCH_DTYPES[dtype])
+        return self._copies[dtype]
+
+    def _inspect(self, out: object, probe: Probe) -> tuple[str, bool, np.ndarray | None]:
+        expected_type = torch.Tensor if self.framework == "torch" else np.ndarray
+        if not isinstance(out, (torch.Tensor, np.ndarray)):
+            return f"a {type(out).__name__}", False, None
+        dtype = str(out.dtype).removeprefix("torch.")
+        shape = tuple(out.shape)
+        returned = f"{type(out).__module__.split('.')[0]} {dtype} array of shape {shape}"
+        same = isinstance(out, expected_type) and dtype == probe.dtype and shape == probe.x.shape
+        values = errors.as_numpy(out).astype(np.float64) if shape == probe.x.shape else None
+        return returned, same, values
+
+
+def _name_of(fn: object) -> str:
+    if isinstance(fn, torch.nn.Module):
+        return type(fn).__name__
+    module = getattr(fn, "__module__", None)
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+    return f"{module}.{name}" if module and module not in ("__main__", "builtins") else name
+
+
+def _copy_of(a: object) -> object:
+    return a.clone() if isinstance(a, torch.Tensor) else np.array(a, copy=True)
+
+
+def _same_values(a: object, b: object) -> bool:
+    return np.array_equal(errors.as_numpy(a), errors.as_numpy(b), equal_nan=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# The probes: seeded inputs, each built to expose one mistake
+# ----------------------------------------------------------------------------------------------
+
+#: Offsets of the mean, in standard deviations, for the one-pass detector.
+OFFSETS = (1.0, 4.0, 16.0, 64.0, 256.0, 1024.0)
+#: The offsets whose errors are fitted (from 16 on, linear growth is well above the rounding floor).
+FITTED_OFFSETS = (16.0, 64.0, 256.0, 1024.0)
+#: Rows per offset: the largest error of 32 rows is close to the largest the rounding can make.
+ROWS_PER_OFFSET = 32
+#: Standard deviations of the eps probe's rows: 2**-24 ... 64, so that for any eps from 1e-14 to
+#: 1 some rows have eps changing sqrt(var + eps) by a resolvable fraction, and the rows with
+#: standard deviation 1, 8 and 64 (eps at most 1e-3 of the variance) show Bessel's factor alone.
+EPS_PROBE_STDS = tuple(2.0**k for k in range(-24, 7))
+#: The eps probe's rows that the Bessel detector reads.
+BESSEL_STDS = (1.0, 8.0, 64.0)
+#: Mean offset (in standard deviations) of the 16-bit accuracy probe.
+HALF_OFFSET = 128.0
+
+
+def _standard_rows(rng: np.random.Generator, rows: int, row_shape: tuple[int, ...]) -> np.ndarray:
+    """Rows with mean exactly 0 and biased standard deviation exactly 1 (in float64)."""
+    z = rng.standard_normal((rows, int(np.prod(row_shape))))
+    z -= z.mean(axis=1, keepdims=True)
+    z /= np.sqrt((z * z).mean(axis=1, keepdims=True))
+    return z.reshape((rows, *row_shape))
+
+
+def _scaled(z: np.ndarray, scales: np.ndarray, offsets: np.ndarray | float = 0.0) -> np.ndarray:
+    """Row k of ``z`` times ``scales[k]`` plus ``offsets[k]``."""
+    shape = (-1,) + (1,) * (z.ndim - 1)
+    return z * np.reshape(scales, shape) + np.reshape(offsets, shape)
+
+
+def _axis_test_input(
+    rng: np.random.Generator, batch_shape: tuple[int, ...], row_shape: tuple[int, ...]
+) -> np.ndarray:
+    """An input whose every axis carries its own offsets and spreads.
+
+    Each leading index has its own offset and spread, and each trailing
+    position an offset of its own: normalizing over any wrong set of axes leaves
+    group means of order one and group variances that differ from one.
+    """
+    shape = (*batch_shape, *row_shape)
+    x = rng.standard_normal(shape) * rng.uniform(0.5, 2.0, (*batch_shape,) + (1,) * len(row_shape))
+    for axis, size in enumerate(shape):
+        offsets_shape = [1] * len(shape)
+        offsets_shape[axis] = size
+        x = x + rng.uniform(-2.0, 2.0, offsets_shape)
+    return x
+
+
+def layer_norm_probes(subject: Subject, half: bool, seed: int = 0) -> dict[str, Probe]:
+    """Every probe the LayerNorm detectors read, by name (seeded: the same inputs on every run).
+
+    Each detector's docstring says which probes it reads and why they expose its mistake.
+    """
+    rng = np.random.default_rng(seed)
+    rows = subject.row_shape
+    n = int(np.prod(rows))
+    eps = subject.eps_values[0]
+    probes: list[Probe] = []
+
+    def add(name: str, x: np.ndarray, dtype: str = "float32", **arguments) -> None:
+        shape = arguments.pop("normalized_shape", rows)
+        arguments.setdefault("eps", eps)
+        probes.append(Probe(name, _rounded(x, dtype), shape, dtype, **arguments))
+
+    # Ordinary rows (means within 2 std of zero), with a weight of either sign and a bias.
+    basic = _rounded(
+        _scaled(_standard_rows(rng, 16, rows), rng.uniform(0.5, 2, 16), rng.uniform(-2, 2, 16)),
+        "float32",
+    )
+    weight = _rounded(rng.uniform(0.5, 2.0, rows) * rng.choice([-1.0, 1.0], rows), "float32")
+    bias = _rounded(rng.uniform(-1.0, 1.0, rows), "float32")
+    w = weight if subject.has_weight else None
+    b = bias if subject.has_bias else None
+    add("basic", basic, weight=w, bias=b)
+    add("plain", basic)
+    if w is not None or b is not None:
+        add("affine_first", basic * (1.0 if w is None else w) + (0.0 if b is None else b))
+
+    add("rows_axes", _axis_test_input(rng, (12,), rows))
+    add("batch_axes", _axis_test_input(rng, (3, 5), rows))
+    if not subject.is_module:  # a normalized_shape of two dimensions
+        add("two_axes", _axis_test_input(rng, (3,), (5, 16)), normalized_shape=(5, 16))
+
+    # Constant rows whose sums and sums of squares are exact in float32 (any algorithm gets
+    # variance 0 exactly), and two ordinary rows.
+    constants = np.array([0.0, 1.0, -2.5, 1024.0]).reshape(4, *(1,) * len(rows))
+    add("constant", np.concatenate([constants * np.ones((4, *rows)), _standard_rows(rng, 2, rows)]))
+
+    nan = _standard_rows(rng, 6, (n,))
+    nan[1, 3], nan[4, 0] = np.nan, np.inf
+    add("nan", nan.reshape(6, *rows))
+
+    eps_rows = _scaled(_standard_rows(rng, len(EPS_PROBE_STDS), rows), np.array(EPS_PROBE_STDS))
+    for value in subject.eps_values:
+        add(f"eps={value:g}", eps_rows, eps=value)
+
+    # Each row's mean is its nominal offset times a random factor in [0.8, 1.25]: not a round
+    # number, so that a computed mean carries a rounding error.
+    count = ROWS_PER_OFFSET * len(OFFSETS)
+    means = np.repeat(OFFSETS, ROWS_PER_OFFSET) * rng.uniform(0.8, 1.25, count)
+    add("offsets", _scaled(_standard_rows(rng, count, rows), np.ones(count), means))
+
+    add("empty", np.zeros((0, *rows)))
+
+    if half:
+        # The same 16-bit values, computed as they are and converted to float32. No weight or
+        # bias: the affine step may round in 16 bits, which is not what is measured here.
+        for dtype in subject.half_dtypes:
+            means = HALF_OFFSET * rng.uniform(0.8, 1.25, 32)
+            x16 = _rounded(_scaled(_standard_rows(rng, 32, rows), np.ones(32), means), dtype)
+            for work in (dtype, "float32"):
+                add(f"{dtype}:{work}", x16, work)
+        # Standard deviation 300: every row has an element at least 300 from its mean, whose
+        # square overflows float16 (65504); harmless in float32.
+        x_big = _rounded(_scaled(_standard_rows(rng, 8, rows), np.full(8, 300.0), 100.0), "float16")
+        for work in ("float16", "float32"):
+            add(f"float16 overflow:{work}", x_big, work)
+    return {probe.name: probe for probe in probes}
+
+
+# ----------------------------------------------------------------------------------------------
+# Measurements shared by the detectors
+# ----------------------------------------------------------------------------------------------
+
+
+def row_statistics(x: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact (float64) centred values and biased standard deviation of each row of ``x``."""
+    flat = np.asarray(x, np.float64).reshape(rows, -1)
+    centred = flat - flat.mean(axis=1, keepdims=True)
+    return centred, np.sqrt((centred * centred).mean(axis=1))
+
+
+def fitted_denominator(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: the exact standard deviation, and the denominator ``d`` the function divided by.
+
+    ``d = sum(c*c) / sum(c*y)`` with the exact centred values ``c``: the
+    least-squares fit of ``y = c / d``. An error in the function's mean shifts
+    every ``y`` of the row by the same amount, which ``sum(c) = 0`` cancels
+    exactly; ``d`` is therefore the function's ``sqrt(var + eps)``, as it
+    computed it, to a few roundings of its output.
+    """
+    rows = x.shape[0]
+    centred, std = row_statistics(x, rows)
+    flat_y = np.asarray(y, np.float64).reshape(rows, -1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        d = (centred * centred).sum(axis=1) / (centred * flat_y).sum(axis=1)
+    return std, d
+
+
+@dataclass(frozen=True)
+class Denominator:
+    """What a function divides a row by, as learned by the detectors: the correct
+    ``sqrt(var + eps)`` by default, with Bessel's factor and eps as measured."""
+
+    n: int
+    bessel: bool = False
+    eps: float = 1e-5
+    eps_outside: bool = False
+
+    def __call__(self, std: np.ndarray) -> np.ndarray:
+        effective = std * math.sqrt(self.n / (self.n - 1)) if self.bessel else std
+        return effective + self.eps if self.eps_outside else np.sqrt(effective**2 + self.eps)
+
+
+def growth_exponent(offsets: Sequence[float], values: Sequence[float]) -> float:
+    """Least-squares slope of log(value) against log(offset): 1 for linear growth, 2 quadratic."""
+    offsets, values = np.asarray(offsets, float), np.asarray(values, float)
+    keep = np.isfinite(values)
+    if keep.sum() < 2:
+        return float("nan")
+    floor = 2.0**-40  # an error of exactly zero is at the floor, not minus infinity
+    return float(np.polyfit(np.log(offsets[keep]), np.log(np.maximum(values[keep], floor)), 1)[0])
+
+
+@dataclass
+class Context:
+    """The calls of one check, and what the detectors have found and learned so far."""
+
+    subject: Subject
+    calls: dict[str, Call]
+    findings: list[Finding] = field(default_factory=list)
+    #: Set by detect_wrong_axis when plain 2-d rows are normalized over the wrong axes: the row
+    #: detectors' measurements would then be meaningless, and they stand down.
+    rows_unreliable: bool = False
+    #: What the function divides by, per eps, as measured (see Denominator).
+    denominators: dict[float, Denominator] = field(default_factory=dict)
+    #: The deciding measurement of each numerical detector that ran.
+    measurements: dict[str, Measurement] = field(default_factory=dict)
+    #: The eps fits, once computed (see _eps_fits).
+    eps_fits: dict[float, dict] | None = None
+
+    def measure(self, kind: str, *args) -> Measurement:
+        """Record a detector's deciding measurement (the arguments of :class:`Measurement`)."""
+        self.measurements[kind] = Measurement(*args)
+        return self.measurements[kind]
+
+    def output(self, probe: str) -> np.ndarray | None:
+        """The output of a probe, or None when the call raised or returned something unusable."""
+        call = self.calls.get(probe)
+        return None if call is None else call.output
+
+    def found(self, kind: str) -> bool:
+        return any(f.kind == kind for f in self.findings)
+
+    @property
+    def n(self) -> int:
+        return int(np.prod(self.subject.row_shape))
+
+    @property
+    def eps(self) -> float:
+        return self.subject.eps_values[0]
+
+    def denominator(self, eps: float) -> Denominator:
+        return self.denominators.get(eps, Denominator(self.n, self.found("bessel_correction"), eps))
+
+
+# ----------------------------------------------------------------------------------------------
+# The detectors, in the order they run
+# ----------------------------------------------------------------------------------------------
+
+
+def detect_raises(ctx: Context) -> Finding | None:
+    """``raises``: the function raised on a valid input.
+
+    Input: every probe (all are valid input for ``torch.nn.functional.layer_norm``).
+    Measurement: whether the call raised. No threshold, no rounding involved.
+    Every detector that needs the output of a probe that raised stands down for
+    that probe, so a crash is reported once, here.
+    """
+    failed = [c for c in ctx.calls.values() if c.error is not None]
+    if not failed:
+        return None
+    first = failed[0]
+    return Finding(
+        "raises",
+        f"{len(failed)} of {len(ctx.calls)} calls raised; the first, on input {first.probe.name!r} "
+        f"of shape {first.probe.x.shape} ({first.probe.dtype}), raised {first.error}",
+        {
+            "inputs": [f"{c.probe.name} {c.probe.x.shape} {c.probe.dtype}" for c in failed],
+            "first error": first.error,
+        },
+    )
+
+
+def detect_dtype_changed(ctx: Context) -> Finding | None:
+    """``dtype_changed``: the output is not an array of the input's type, dtype and shape.
+
+    Input: every probe, float32 and 16-bit. Measurement: type, dtype and shape of
+    the output. No threshold, no rounding involved. An output of the right shape
+    but another dtype is still judged by the other detectors (by its values).
+    """
+    wrong = [c for c in ctx.calls.values() if c.error is None and not c.same_type_dtype_shape]
+    if not wrong:
+        return None
+    first = wrong[0]
+    return Finding(
+        "dtype_changed",
+        f"for a {first.probe.dtype} input of shape {first.probe.x.shape} "
+        f"it returned {first.returned}",
+        {"inputs": sorted({f"{c.probe.dtype} -> {c.returned}" for c in wrong})},
+    )
+
+
+def detect_mutates_input(ctx: Context) -> Finding | None:
+    """``mutates_input``: the function changed the values of an argument.
+
+    Input: every probe; the function gets fresh copies of the checker's arrays.
+    Measurement: the argument after the call against a copy taken before it,
+    bit for bit (NaN equal to NaN). No threshold, no rounding involved.
+    """
+    changed = sorted({name for c in ctx.calls.values() for name in c.mutated})
+    if not changed:
+        return None
+    return Finding(
+        "mutates_input",
+        f"after the call, {' and '.join(changed)} no longer held the values passed in",
+        {"arguments changed": changed},
+    )
+
+
+#: |mean of a group| / rms(output) below this means the group was centred.
+ZERO_MEAN = 1e-3
+#: A group's variance within this range means the group was scaled to unit variance.
+UNIT_VARIANCE = (0.8, 1.25)
+
+
+def normalization_axes(
+    y: np.ndarray, trailing: tuple[int, ...]
+) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]:
+    """The axes ``y`` was centred over, and the axes it was scaled over, as far as they show.
+
+    A LayerNorm over axes A leaves every A-group of its output with mean 0 and
+    (biased) variance ``var/(var + eps)``, close to 1; so does every superset
+    of A, and no other set does when the input has offsets and spreads along
+    every axis. Returns the smallest set with mean 0 (None if there is none,
+    or if it is not unique), and, when that set is ``trailing``, the smallest
+    set containing it with variance 1 (None if there is none).
+    """
+    subsets = [s for r in range(1, y.ndim + 1) for s in itertools.combinations(range(y.ndim), r)]
+    scale = math.sqrt(float(np.mean(y * y))) or 1.0
+
+    def centred(axes: tuple[int, ...]) -> bool:
+        return bool(np.all(np.abs(y.mean(axis=axes, keepdims=True)) <= ZERO_MEAN * scale))
+
+    def unit(axes: tuple[int, ...]) -> bool:
+        var = ((y - y.mean(axis=axes, keepdims=True)) ** 2).mean(axis=axes)
+        return bool(np.all((var >= UNIT_VARIANCE[0]) & (var <= UNIT_VARIANCE[1])))
+
+    zero_mean = [a for a in subsets if centred(a)]
+    minimal = [a for a in zero_mean if not any(set(b) < set(a) for b in zero_mean)]
+    centred_over = minimal[0] if len(minimal) == 1 else None
+    if centred_over != trailing:
+        return centred_over, None
+    scaled = [a for a in subsets if set(trailing) <= set(a) and unit(a)]
+    return centred_over, (scaled[0] if scaled else None)
+
+
+def detect_wrong_axis(ctx: Context) -> Finding | None:
+    """``wrong_axis``: the statistics run over other axes than the trailing ``normalized_shape``.
+
+    Input: plain 2-d rows (``rows_axes``), a 3-d input (``batch_axes``) and, for
+    a function, a 3-d input with a two-dimensional ``normalized_shape``
+    (``two_axes``); every axis of each carries its own offsets and spreads.
+    Measurement: the smallest set of axes over which the output has mean 0;
+    when that is the trailing dimensions, the smallest set containing them
+    over which it has variance 1 (:func:`normalization_axes`). Both must be
+    exactly the trailing dimensions. Thresholds: |group mean| <= 1e-3 rms(y),
+    and group variance in [0.8, 1.25]. Rounding leaves means of a few 1e-7
+    (the probes' rows have |mean| < 12 std), and a wrong axis leaves means of
+    order one; Bessel's correction (variance (N-1)/N >= 0.94 for the probes'
+    N >= 16), a wrong eps (the probes' rows have var >= 0.25) or rounding move
+    the variance by far less than 20%. When the plain 2-d rows are normalized
+    over wrong axes, every later measurement on rows is meaningless and those
+    detectors stand down (a NaN spreading across rows through batch
+    statistics is then this finding, not ``nan_spreads``).
+    """
+    wrong, largest_mean = {}, 0.0
+    for probe in ("rows_axes", "batch_axes", "two_axes"):
+        y = ctx.output(probe)
+        if y is None:
+            continue
+        shape = ctx.calls[probe].probe.normalized_shape
+        trailing = tuple(range(y.ndim - len(shape), y.ndim))
+        scale = math.sqrt(float(np.mean(y * y))) or 1.0
+        largest_mean = max(largest_mean, float(np.max(np.abs(y.mean(axis=trailing)))) / scale)
+        centred_over, scaled_over = normalization_axes(y, trailing)
+        if centred_over is not None and centred_over != trailing:
+            wrong[probe] = (y.shape, shape, trailing, f"centred over axes {centred_over}")
+        elif centred_over == trailing and scaled_over not in (None, trailing):
+            wrong[probe] = (y.shape, shape, trailing, f"scaled over axes {scaled_over}")
+    ctx.measure(
+        "wrong_axis", "largest |mean over the trailing axes| / rms(y)", largest_mean, ZERO_MEAN
+    )
+    if not wrong:
+        return None
+    ctx.rows_unreliable = "rows_axes" in wrong
+    x_shape, shape, trailing, what = next(iter(wrong.values()))
+    return Finding(
+        "wrong_axis",
+        f"for an input of shape {x_shape} with normalized_shape={shape} it is {what}; LayerNorm "
+        f"normalizes over the trailing axes {trailing}",
+        {name: f"{w[3]}, input shape {w[0]}" for name, w in wrong.items()},
+    )
+
+
+def detect_eps_ignored(ctx: Context) -> Finding | None:
+    """``eps_ignored``: a constant row gives NaN or inf.
+
+    Input: constant rows (0, 1, -2.5, 1024: their sums and sums of squares are
+    exact in float32, so every algorithm, one-pass included, gets variance 0
+    exactly) among ordinary rows. Measurement: whether those rows' outputs are
+    finite. LayerNorm gives 0/sqrt(0 + eps) = 0 there; only a denominator
+    without eps gives 0/0. No rounding involved.
+    """
+    y = ctx.output("constant")
+    if y is None or ctx.rows_unreliable:
+        return None
+    bad = ~np.isfinite(y.reshape(y.shape[0], -1)[:4]).all(axis=1)
+    if not bad.any():
+        return None
+    return Finding(
+        "eps_ignored",
+        f"{int(bad.sum())} of 4 constant rows came out as NaN or inf: the denominator is 0 "
+        "for them, "
+        "so eps is missing from it",
+        {"constant rows": [0.0, 1.0, -2.5, 1024.0], "finite output": [bool(not b) for b in bad]},
+    )
+
+
+def detect_nan_spreads(ctx: Context) -> Finding | None:
+    """``nan_spreads``: a NaN or inf in one row makes other rows' outputs non-finite.
+
+    Input: six ordinary rows, one holding a NaN and one an inf. Measurement:
+    whether the four clean rows' outputs are finite. No rounding involved.
+    Stands down when ``wrong_axis`` found batch statistics on plain rows,
+    which spread NaN for the same reason.
+    """
+    y = ctx.output("nan")
+    if y is None or ctx.rows_unreliable:
+        return None
+    clean = [0, 2, 3, 5]
+    bad = [r for r in clean if not np.isfinite(y[r]).all()]
+    if not bad:
+        return None
+    return Finding(
+        "nan_spreads",
+        f"with a NaN in row 1 and an inf in row 4, the clean rows {bad} (of {clean}) "
+        "came out non-finite",
+        {"clean rows with non-finite output": bad},
+    )
+
+
+#: Bessel's correction is recognized when (d²/(var+eps) - 1)(N - 1) is within 10% of 1.
+BESSEL_TOLERANCE = 0.1
+
+
+def detect_bessel_correction(ctx: Context) -> Finding | None:
+    """``bessel_correction``: the variance divides by N - 1.
+
+    Input: the eps probe's rows with mean 0 and standard deviation 1, 8 and
+    64 (eps is then at most 1e-3 of the variance). Measurement: the fitted
+    denominator ``d`` of each row (:func:`fitted_denominator`) against the
+    correct ``sqrt(var + eps)``: with Bessel's correction
+    ``d**2/(var + eps) - 1`` is ``1/(N - 1)`` at every standard deviation.
+    Threshold: that quantity times N - 1 within 10% of 1 in all three rows. A
+    wrong eps changes it in proportion to 1/var, by a factor of 4096 across
+    the three rows, so it cannot match all three; rounding changes ``d**2`` by
+    a few 1e-7, which is under 10% of 1/(N - 1) for rows of up to 100,000
+    elements.
+    """
+    probe = f"eps={ctx.eps:g}"
+    y = ctx.output(probe)
+    if y is None or ctx.rows_unreliable:
+        return None
+    rows = [EPS_PROBE_STDS.index(s) for s in BESSEL_STDS]
+    std, d = fitted_denominator(ctx.calls[probe].probe.x[rows], y[rows])
+    if not np.all(np.isfinite(d)):
+        return None
+    n = ctx.n
+    excess = (d**2 / (std**2 + ctx.eps) - 1.0) * (n - 1)
+    measured = ctx.measure(
+        "bessel_correction",
+        "largest |(d^2/(var + eps) - 1)(N - 1) - 1|",
+        float(np.max(np.abs(excess - 1.0))),
+        BESSEL_TOLERANCE,
+        False,
+    )
+    if not measured.flagged:
+        return None
+    factor = float(np.median(np.sqrt(std**2 + ctx.eps) / d))
+    return Finding(
+        "bessel_correction",
+        f"every row's output is too small by the factor {factor:.5f} = sqrt((N-1)/N) with N = {n}",
+        {"N": n, "measured factor": factor, "sqrt((N-1)/N)": math.sqrt((n - 1) / n)},
+    )
+
+
+#: The fitted denominator may differ from the expected one by this fraction before eps is suspected.
+EPS_DEVIATION = 1e-3
+#: Rows where eps changes the denominator by less than this fraction cannot resolve eps.
+EPS_RESOLVABLE = 1e-3
+
+
+def eps_fit(ctx: Context, eps: float) -> dict | None:
+    """Where and how large the function's eps is, from the ``eps=...`` probe's rows.
+
+    With ``s`` the row's standard deviation (times sqrt(N/(N-1)) when Bessel's
+    correction was found) and ``d`` the fitted denominator, eps inside the
+    square root makes ``d**2 - s**2`` the same in every row, eps outside makes
+    ``d - s`` the same. Among the rows where eps changes ``d`` by at least 1e-3
+    (so that either difference is known to 1e-4 relative), the estimates of the
+    right model agree to within 5% (rounding leaves them within 1e-4) while
+    those of the wrong one spread over a factor above 20 (about 30 for eps
+    inside and 1500 for eps outside on the probe's rows, whose standard
+    deviations span 2**30; chapter 9 measures them). Returns the verdict:
+    ``correct``, ``inside`` or ``outside`` with the estimate, ``zero`` (no row
+    resolves any eps), or ``unexplained``; None when the probe has no output.
+    """
+    probe = f"eps={eps:g}"
+    y = ctx.output(probe)
+    if y is None or ctx.rows_unreliable:
+        return None
+    std, d = fitted_denominator(ctx.calls[probe].probe.x, y)
+    if not np.all(np.isfinite(d) & (d > 0)):
+        return {"verdict": "unexplained", "eps passed": eps}
+    expected = Denominator(ctx.n, ctx.found("bessel_correction"), eps)
+    deviation = float(np.max(np.abs(d / expected(std) - 1.0)))
+    if eps == ctx.eps:
+        ctx.measure("eps", "largest |d / sqrt(var + eps) - 1|", deviation, EPS_DEVIATION)
+    if deviation <= EPS_DEVIATION:
+        return {"verdict": "correct", "eps passed": eps}
+    s = std * math.sqrt(ctx.n / (ctx.n - 1)) if expected.bessel else std  # what it takes as std
+    resolvable = d / s - 1.0 >= EPS_RESOLVABLE
+    result = {"eps passed": eps, "largest relative deviation": deviation}
+    if resolvable.sum() < 3:
+        return {**result, "verdict": "zero", "estimated eps": 0.0}
+    inside, outside = (d**2 - s**2)[resolvable], (d - s)[resolvable]
+    spread = lambda v: float(v.max() / v.min()) if v.min() > 0 else float("inf")  # noqa: E731
+    if spread(inside) <= 1.05 < spread(outside):
+        return {**result, "verdict": "inside", "estimated eps": float(np.median(inside))}
+    if spread(outside) <= 1.05 < spread(inside):
+        return {**result, "verdict": "outside", "estimated eps": float(np.median(outside))}
+    return {**result, "verdict": "unexplained"}
+
+
+def _eps_fits(ctx: Context) -> dict[float, dict]:
+    """:func:`eps_fit` for each eps probed (computed once per check, shared by two detectors)."""
+    if ctx.eps_fits is not None:
+        return ctx.eps_fits
+    fits = {eps: eps_fit(ctx, eps) for eps in ctx.subject.eps_values}
+    for eps, fit in fits.items():  # what the function divides by, for the detectors after these
+        if fit and fit["verdict"] in ("inside", "outside", "zero"):
+            ctx.denominators[eps] = Denominator(
+                ctx.n,
+                ctx.found("bessel_correction"),
+                fit["estimated eps"],
+                fit["verdict"] == "outside",
+            )
+    ctx.eps_fits = {eps: fit for eps, fit in fits.items() if fit is not None}
+    return ctx.eps_fits
+
+
+def detect_eps_outside_sqrt(ctx: Context) -> Finding | None:
+    """``eps_outside_sqrt``: the denominator is ``std + eps``, not ``sqrt(var + eps)``.
+
+    Input: rows with mean 0 and standard deviations 2**-24 ... 64, called with
+    each eps of :attr:`Subject.eps_values`. Measurement and threshold:
+    :func:`eps_fit` (``d - std`` the same in every row that resolves eps, to
+    5%, while ``d**2 - std**2`` is not). Rounding moves ``d`` by a few 1e-7
+    relative, so neither model's estimates can be made to spread, or to agree,
+    by rounding in rows where eps changes ``d`` by 1e-3 or more.
+    """
+    outside = {eps: fit for eps, fit in _eps_fits(ctx).items() if fit["verdict"] == "outside"}
+    if not outside:
+        return None
+    eps, fit = next(iter(outside.items()))
+    return Finding(
+        "eps_outside_sqrt",
+        f"called with eps={eps:g}, it divides by std + {fit['estimated eps']:.3g}",
+        {"eps passed": eps, "estimated eps (added to std)": fit["estimated eps"]},
+    )
+
+
+def detect_eps_mismatch(ctx: Context) -> Finding | None:
+    """``eps_mismatch``: eps is inside the square root, but not the eps passed in.
+
+    Input: as for ``eps_outside_sqrt``; a function is called with eps = 1e-5
+    and 1e-3, so that a hard-coded eps shows whatever its value (a module
+    with its own eps attribute only with that). Measurement: the fitted
+    denominators deviate from ``sqrt(var + eps)`` by more than 1e-3 in some
+    row, and ``d**2 - var`` is the same in every row that resolves eps
+    (:func:`eps_fit`): that common value is the eps it uses. Rounding moves
+    ``d`` by a few 1e-7, far below 1e-3. A function that uses no eps at all is
+    reported as ``eps_ignored`` when its constant rows give NaN, not here.
+    """
+    wrong = {}
+    for eps, fit in _eps_fits(ctx).items():
+        no_eps = fit["verdict"] == "zero" and not ctx.found("eps_ignored")
+        if fit["verdict"] == "inside" or no_eps:
+            wrong[eps] = fit["estimated eps"]
+    if not wrong:
+        return None
+    eps, used = next(iter(wrong.items()))
+    used_text = f"{used:.3g}" if used > 0 else "no eps at all"
+    return Finding(
+        "eps_mismatch",
+        f"called with eps={eps:g}, it uses {used_text} inside the square root",
+        {"eps passed -> eps used": {f"{k:g}": v for k, v in wrong.items()}},
+    )
+
+
+#: Growth exponent above which the variance's error is taken to grow with the square of the mean.
+ONE_PASS_EXPONENT = 1.5
+
+
+def detect_one_pass_variance(ctx: Context) -> Finding | None:
+    """``one_pass_variance``: the variance's error grows with the square of the mean.
+
+    Input: rows with standard deviation 1 and mean 1, 4, 16, 64, 256 (plain
+    float32, weight and bias absent). Measurement: for each mean, the largest
+    relative error of the fitted denominator ``d`` (:func:`fitted_denominator`,
+    which the mean's own rounding error does not reach) against what the
+    function is known to divide by (Bessel, eps as measured), and the growth
+    exponent of that error against the mean, fitted over the means 16, 64 and
+    256. Threshold: exponent above 1.5. E[x²] - E[x]² loses about u·mean²/var
+    (exponent 2, chapter 4); a two-pass variance has an error that does not
+    grow (exponent 0) and Welford's or a pairwise merge one that grows
+    linearly (exponent 1). Rounding noise at the floor (a few 1e-7 at every
+    mean) cannot produce a slope of 1.5, which would need the error to grow
+    64-fold across the fitted means. The decision is the exponent, not a level:
+    a correct float32 LayerNorm's output error does grow linearly with the
+    mean (chapter 4); that is rounding, and it is not flagged. A row whose
+    output is no longer finite counts as an infinite error at that mean.
+    """
+    y = ctx.output("offsets")
+    if y is None or ctx.rows_unreliable:
+        return None
+    call = ctx.calls["offsets"]
+    std, d = fitted_denominator(call.probe.x, y)
+    relative = np.abs(d / ctx.denominator(ctx.eps)(std) - 1.0)
+    relative[~np.isfinite(relative)] = np.inf
+    per_offset = relative.reshape(len(OFFSETS), -1).max(axis=1)
+    fitted = [per_offset[OFFSETS.index(o)] for o in FITTED_OFFSETS]
+    exponent = growth_exponent(FITTED_OFFSETS, fitted)
+    ctx.measure(
+        "one_pass_variance", "growth exponent of the variance's error", exponent, ONE_PASS_EXPONENT
+    )
+    if not (exponent > ONE_PASS_EXPONENT or (np.isnan(exponent) and np.isinf(fitted[-1]))):
+        return None
+    first, last = int(FITTED_OFFSETS[0]), int(FITTED_OFFSETS[-1])
+    return Finding(
+        "one_pass_variance",
+        f"the relative error of its variance grows like mean^{exponent:.1f}, from "
+        f"{fitted[0]:.1e} at mean {first} to {fitted[-1]:.1e} at mean {last} (std 1): "
+        "cancellation in E[x^2] - E[x]^2",
+        {
+            "mean offsets": [int(o) for o in OFFSETS],
+            "relative error of the variance": [float(v) for v in per_offset],
+            "output error, eps32 x max|y|": _output_errors(call),
+            f"growth exponent (means {first}-{last})": exponent,
+        },
+    )
+
+
+def _output_errors(call: Call) -> list[float]:
+    """The output error of the offsets probe at each mean, in float32 eps times max|y|."""
+    y = call.output.reshape(len(OFFSETS), -1)
+    reference = call.reference.reshape(len(OFFSETS), -1)
+    eps32 = float(np.finfo(np.float32).eps)
+    result = []
+    for mine, exact in zip(y, reference):
+        error = np.max(np.abs(mine - exact)) if np.all(np.isfinite(mine)) else np.inf
+        result.append(float(error / (eps32 * np.max(np.abs(exact)))))
+    return result
+
+
+#: 16-bit outputs more than this many 16-bit eps (times max|y|) from the float32 path's are flagged.
+HALF_UNITS = 4.0
+
+
+#: The 16-bit probes: name -> (storage dtype, what their rows are).
+HALF_PROBES = {
+    "float16": ("float16", "mean about 128, std 1"),
+    "bfloat16": ("bfloat16", "mean about 128, std 1"),
+    "float16 overflow": ("float16", "std 300: squared deviations above 65504"),
+}
+
+
+def detect_low_precision_accumulation(ctx: Context) -> Finding | None:
+    """``low_precision_accumulation``: for 16-bit inputs the statistics are computed in 16 bits.
+
+    Input: float16 (and, in torch, bfloat16) rows with standard deviation 1
+    and means between 102 and 160, and float16 rows with standard deviation
+    300 (every row has an element at least 300 from its mean), no weight or
+    bias, each called once as they are and once converted to float32 (the
+    same values). Measurement: the largest distance between the 16-bit
+    output and the float32 output rounded to 16 bits, in units of the 16-bit
+    eps times max|y|, and whether the 16-bit output is finite where the
+    float32 one is. Threshold: 4 units, or any overflow. Computing in float32
+    and rounding once gives at most 1 unit: both outputs round float32 results
+    that differ by float32 rounding, 2**-13 of a float16 unit, so they differ
+    by at most one 16-bit spacing. A 16-bit mean alone is off by up to half a
+    16-bit spacing at the mean: for means between 128 and 160, 2**-4 of the
+    standard deviation in float16 and 2**-1 in bfloat16, the same in every
+    output of the row. In 16-bit eps times max|y| both are 64/max|y| units,
+    over 8 for the probe's rows (a standardized row of 64 has |y| < 8), and
+    the largest of 32 rows comes close to it. Squares of deviations beyond 256
+    overflow float16 (65504). Comparing the function with itself makes the
+    measurement blind to every other mistake, which both paths share.
+    """
+    seen, largest, measured = {}, 0.0, False
+    for name, (storage, rows) in HALF_PROBES.items():
+        low, high = ctx.calls.get(f"{name}:{storage}"), ctx.calls.get(f"{name}:float32")
+        if low is None or high is None or low.output is None or high.output is None:
+            continue
+        rounded = _rounded(high.output, storage)
+        finite = np.isfinite(rounded)
+        if not finite.any():
+            continue
+        eps16 = 2.0**-7 if storage == "bfloat16" else 2.0**-10
+        with np.errstate(invalid="ignore"):
+            gap = np.abs(low.output[finite] - rounded[finite])
+        units = float(np.max(gap)) / (eps16 * float(np.max(np.abs(rounded[finite])) or 1.0))
+        largest, measured = max(largest, units), True
+        if not np.all(np.isfinite(gap)):
+            seen[f"{name} ({rows})"] = "inf or NaN where float32 is finite"
+        elif units > HALF_UNITS:
+            seen[f"{name} ({rows})"] = units
+    if not seen:
+        if measured:
+            ctx.measure(
+                "low_precision_accumulation",
+                "16-bit output vs float32 output rounded, 16-bit eps x max|y|",
+                largest,
+                HALF_UNITS,
+            )
+        return None
+    return Finding(
+        "low_precision_accumulation",
+        "its 16-bit outputs differ from its own float32 computation, rounded to 16 bits, by "
+        + "; ".join(
+            f"{v if isinstance(v, str) else f'{v:.0f} units'} on {k} rows" for k, v in seen.items()
+        )
+        + ". Rounding alone makes at most 1 unit of 16-bit eps x max|y|",
+        {"16-bit eps x max|y|, by input": seen},
+    )
+
+
+#: Normwise distance (fraction of max|y|) within which an affine candidate is taken to match.
+AFFINE_MATCH = 1e-4
+
+
+def detect_affine_wrong(ctx: Context) -> Finding | None:
+    """``affine_wrong``: weight and bias are not applied as ``x_hat * weight + bias``.
+
+    Input: the same rows with weight (entries of either sign, 0.5 <= |w| <= 2)
+    and bias (|b| <= 1), without them, and without them on ``x*weight + bias``.
+    Measurement: the output with weight and bias against candidates built
+    from the function's own plain output ``p``: ``p*w + b`` (correct), ``p``,
+    ``p*w``, ``p + b``, ``p*b + w`` (swapped), ``(p + b)*w``, and the plain
+    output for ``x*w + b`` (applied before normalizing). Threshold: a candidate
+    matches within 1e-4 max|y|. Candidates differ by order one, rounding by a
+    few 1e-7; using the function's own plain output makes the test blind to
+    every mistake in the normalization itself.
+    """
+    mine, plain = ctx.output("basic"), ctx.output("plain")
+    call = ctx.calls["basic"]
+    if mine is None or plain is None or (call.probe.weight is None and call.probe.bias is None):
+        return None
+    w = call.probe.weight if call.probe.weight is not None else np.ones(ctx.subject.row_shape)
+    b = call.probe.bias if call.probe.bias is not None else np.zeros(ctx.subject.row_shape)
+    candidates = {
+        "correct": plain * w + b,
+        "weight and bias ignored": plain,
+        "bias ignored": plain * w,
+        "weight ignored": plain + b,
+        "weight and bias swapped": plain * b + w,
+        "bias added before the weight multiplies": (plain + b) * w,
+    }
+    if ctx.output("affine_first") is not None:
+        candidates["weight and bias applied before normalizing"] = ctx.output("affine_first")
+    scale = float(np.max(np.abs(mine[np.isfinite(mine)]), initial=0.0)) or 1.0
+    with np.errstate(invalid="ignore"):
+        distance = {k: float(np.max(np.abs(mine - c))) / scale for k, c in candidates.items()}
+    measured = ctx.measure(
+        "affine_wrong", "distance to x_hat*w + b / max|y|", distance["correct"], AFFINE_MATCH
+    )
+    if not measured.flagged:
+        return None
+    matches = [k for k, v in distance.items() if v <= AFFINE_MATCH]
+    what = matches[0] if matches else "applied in some other way"
+    return Finding(
+        "affine_wrong",
+        f"weight and bias: {what}",
+        {
+            "distance to x_hat*w + b, fraction of max|y|": distance["correct"],
+            "matches": matches[0] if matches else None,
+        },
+    )
+
+
+#: Output errors above this many float32 eps x max|y| on ordinary rows are not rounding.
+WRONG_OUTPUT_UNITS = 64.0
+
+
+def detect_wrong_output(ctx: Context) -> Finding | None:
+    """``wrong_output``: the output is wrong, and no detector above says why.
+
+    Input: the ordinary rows with weight and bias (means within 2 standard
+    deviations of zero, so condition numbers below 5). Measurement: the error
+    against the float64 reference in float32 eps times max|y|. Threshold: 64.
+    A correct float32 LayerNorm stays below 2 + kappa/2 < 5 here (chapter 3).
+    Runs only when nothing else was found, so that a mistake already named is
+    not reported twice.
+    """
+    if ctx.findings:
+        return None
+    call = ctx.calls["basic"]
+    if call.output is None:
+        return None
+    y = call.output
+    units = (
+        errors.eps_units(y.astype(np.float32), call.reference)
+        if np.all(np.isfinite(y))
+        else float("inf")
+    )
+    if not ctx.measure("wrong_output", "error / (eps32 max|y|)", units, WRONG_OUTPUT_UNITS).flagged:
+        return None
+    return Finding(
+        "wrong_output",
+        f"on ordinary rows its output is off by {units:.3g} float32 eps x max|y|; "
+        "rounding stays below 5",
+        {"error, eps32 x max|y|": units, "max abs error": errors.max_abs_error(y, call.reference)},
+    )
+
+
+#: The LayerNorm detectors, in the order they run.
+LAYER_NORM_DETECTORS: tuple[Callable[[Context], Finding | None], ...] = (
+    detect_raises,
+    detect_dtype_changed,
+    detect_mutates_input,
+    detect_wrong_axis,
+    detect_eps_ignored,
+    detect_nan_spreads,
+    detect_bessel_correction,
+    detect_eps_outside_sqrt,
+    detect_eps_mismatch,
+    detect_one_pass_variance,
+    detect_low_precision_accumulation,
+    detect_affine_wrong,
+    detect_wrong_output,
+)
+
+# ----------------------------------------------------------------------------------------------
+# The tolerance
+# ----------------------------------------------------------------------------------------------
+
+#: The tolerance holds for rows whose mean is at most this many standard deviations from zero.
+TOLERANCE_KAPPA = 16.0
+#: ... and for outputs of at most this magnitude (rows of unit-scale data, weight of order one).
+TOLERANCE_MAX_OUTPUT = 5.0
+
+
+def tolerance(ctx: Context) -> tuple[tuple[float, float], str]:
+    """``(rtol, atol)`` for comparing the function's float32 output with torch's, and why.
+
+    Chapter 3: a float32 LayerNorm that subtracts a rounded mean once has an
+    error of at most ``2 + kappa/2`` float32 eps times max|y| (torch's kernel
+    is one); one that removes the mean's rounding error (lnorm) at most 2. Two
+    implementations may differ by the sum of their bounds. The function's class
+    is measured: its output error on the offsets probe either grows with the
+    mean (growth exponent over the means 16-1024 of 0.5 or more) or does not.
+    The tolerance is stated for rows with kappa <= 16 and outputs up to 5 in
+    magnitude: ``atol = (E_fn + E_torch) eps32 * 5``, with rtol = 0 because the
+    error of LayerNorm is absolute: every element of a row carries the row's
+    rounding error, small elements included. Scale atol with max|y|/5 and
+    kappa for other data. If the function's measured error exceeds its class's
+    bound at some mean, its bound is scaled up to cover it.
+    """
+    eps32 = float(np.finfo(np.float32).eps)
+    torch_bound = 2.0 + TOLERANCE_KAPPA / 2
+    call = ctx.calls.get("offsets")
+    if call is None or call.output is None:
+        fn_bound, how = torch_bound, "its error was not measured; assumed as large as torch's"
+    else:
+        measured = _output_errors(call)
+        fitted = [measured[OFFSETS.index(o)] for o in FITTED_OFFSETS]
+        exponent = growth_exponent(FITTED_OFFSETS, fitted)
+        grows = exponent >= 0.5
+        bound = lambda kappa: 2.0 + kappa / 2 if grows else 2.0  # noqa: E731
+        # Checked where the tolerance is meant to hold; the rows' means reach 1.25 x nominal.
+        excess = max(
+            m / bound(1.25 * o + 1) for m, o in zip(measured, OFFSETS) if o <= TOLERANCE_KAPPA
+        )
+        if not math.isfinite(excess):  # no bound holds; the torch-class bound, flagged in words
+            excess, how_much = 1.0, " (its error at small means is not finite)"
+        else:
+            how_much = ""
+        fn_bound = bound(TOLERANCE_KAPPA) * 2.0 ** max(0, math.ceil(math.log2(max(excess, 1e-9))))
+        how = (
+            "its float32 error grows with the rows' mean, like torch's"
+            if grows
+            else "its float32 error does not grow with the rows' mean"
+        ) + how_much
+    atol = (fn_bound + torch_bound) * eps32 * TOLERANCE_MAX_OUTPUT
+    reason = (
+        f"{how}; its bound ({fn_bound:g}) plus torch's (2 + kappa/2 = {torch_bound:g}) float32 eps "
+        f"x max|y|, for rows with |mean| <= {TOLERANCE_KAPPA:g} std "
+        f"and |y| <= {TOLERANCE_MAX_OUTPUT:g}"
+    )
+    return (0.0, float(f"{atol:.2g}")), reason
+
+
+# ----------------------------------------------------------------------------------------------
+# The entry point
+# ----------------------------------------------------------------------------------------------
+
+_DETECTORS = {"layer": LAYER_NORM_DETECTORS}
+
+
+def check(
+    fn: Callable | torch.nn.Module,
+    framework: str = "torch",
+    *,
+    norm: str = "layer",
+    half: bool = True,
+    normalized_shape: int | Sequence[int] | None = None,
+    name: str | None = None,
+    seed: int = 0,
+) -> Report:
+    """Check a LayerNorm implementation and report every mistake found, with evidence and a fix.
+
+    ``fn`` has the signature of ``torch.nn.functional.layer_norm``,
+    ``fn(x, normalized_shape, weight=None, bias=None, eps=1e-5)``, on torch
+    tensors (``framework="torch"``) or NumPy arrays (``framework="numpy"``); or
+    it is an ``nn.Module`` whose ``normalized_shape`` (or ``weight``'s shape, or
+    the ``normalized_shape`` argument), ``weight``, ``bias`` and ``eps``
+    attributes are used where it has them (it is run on copies, as
+    ``module.to(dtype)``, with its weight and bias set to the probes'; without
+    an eps attribute it is judged against torch's 1e-5). ``half=False`` skips
+    the float16/bfloat16 probes, for an implementation meant for float32 only.
+    The reader's arrays are never the checker's references: ``fn`` gets copies.
+    The probes are seeded with ``seed``: the same inputs, and the same report, on every run.
+    """
+    if norm not in _DETECTORS:
+        raise NotImplementedError(f"check knows norm='layer' only, got norm={norm!r}")
+    subject = Subject(fn, framework, normalized_shape)
+    if name is not None:
+        subject.name = name
+    probes = layer_norm_probes(subject, half, seed)
+    ctx = Context(subject, {name: subject.call(probe) for name, probe in probes.items()})
+    for detector in _DETECTORS[norm]:
+        finding = detector(ctx)
+        if finding is not None:
+            ctx.findings.append(finding)
+    if ctx.findings:
+        return Report(subject.name, framework, tuple(ctx.findings), None, None, ctx.measurements)
+    rtol_atol, reason = tolerance(ctx)
+    return Report(subject.name, framework, (), rtol_atol, reason, ctx.measurements)
+
+
+def load(target: str) -> Callable:
+    """The object named by ``path/to/file.py:name``; ValueError if there is none."""
+    path, _, attribute = target.rpartition(":")
+    if not path or not attribute:
+        raise ValueError(f"expected path/to/file.py:function, got {target!r}")
+    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    if spec is None or spec.loader is None or not Path(path).is_file():
+        raise ValueError(f"cannot load {path!r} as a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, module)
+    spec.loader.exec_module(module)
+    found = getattr(module, attribute, None)
+    if found is None:
+        raise ValueError(f"{path} has no attribute {attribute!r}")
+    if isinstance(found, type):
+        raise ValueError(f"{attribute} is a class: name a function, or an nn.Module instance")
+    return found
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line: exit status 0 without findings, 1 with, 2 for a usage error."""
+    parser = argparse.ArgumentParser(
+        prog="python -m lnorm.diagnose",
+        description="Check a LayerNorm implementation with the signature of "
+        "torch.nn.functional.layer_norm (or an nn.Module instance) and report its mistakes. "
+        "Exit status: 0 without findings, 1 with findings, 2 for a usage error.",
+    )
+    parser.add_argument("target", help="path/to/file.py:function (or :module_instance)")
+    parser.add_argument("--numpy", action="store_true", help="the function takes NumPy arrays")
+    parser.add_argument("--no-half", action="store_true", help="skip the float16/bfloat16 probes")
+    args = parser.parse_args(argv)
+    try:
+        fn = load(args.target)
+    except ValueError as error:
+        parser.error(str(error))
+    report = check(fn, "numpy" if args.numpy else "torch", half=not args.no_half, name=args.target)
+    print(report)
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -170,7 +170,10 @@ class RMSNormFunction(torch.autograd.Function):
         batch_dims = x.dim() - len(normalized_shape)
         rows = x.reshape(x.shape[:batch_dims].numel(), x.shape[batch_dims:].numel())
         x_hat, rstd = moments.rms_normalize(rows.to(work_dtype), eps)
-        ctx.save_for_backward(x, rstd, None if weight is None else weight.reshape(-1).to(work_dtype))
+        ctx.save_for_backward(
+            x, rstd, None if weight is None else weight.reshape(-1).to(work_dtype)
+        )
+        ctx.rows_shape = rows.shape
         ctx.weight_shape_dtype = (validation.shape_of(weight), validation.dtype_of(weight))
         # x_hat is a new tensor, saved nowhere: the output never aliases what backward needs.
         y = x_hat.view(x.shape)
@@ -183,7 +186,7 @@ class RMSNormFunction(torch.autograd.Function):
     def backward(ctx, dy):
         x, rstd, weight_row = ctx.saved_tensors
         weight_shape, weight_dtype = ctx.weight_shape_dtype
-        x_hat = x.reshape(rstd.shape[0], -1).to(rstd.dtype) * rstd
+        x_hat = x.reshape(ctx.rows_shape).to(rstd.dtype) * rstd
         dy_rows = dy.reshape(x_hat.shape).to(rstd.dtype)
         dx, dweight = gradients.rms_norm_backward_rows(dy_rows, x_hat, rstd, weight_row)
         needs_x, needs_weight = ctx.needs_input_grad[:2]

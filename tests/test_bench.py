@@ -18,6 +18,9 @@ def test_cpu_benchmark_writes_its_csv(tmp_path, capsys) -> None:
         "torch.nn.functional",
         "lnorm.torch",
         "lnorm.numpy",
+        "torch.nn.functional.rms_norm",
+        "lnorm.torch.rms_norm",
+        "lnorm.numpy.rms_norm",
     }
     assert "lnorm.numpy" in capsys.readouterr().out
 

@@ -4,6 +4,8 @@
     python -m lnorm.bench --csv results.csv          # and a CSV the book can plot
     python -m lnorm.bench --device cuda --csv gpu.csv  # GPU: Triton vs torch, forward and backward
 
+The CPU table times RMSNorm (``torch.nn.functional.rms_norm``, ``lnorm.torch.rms_norm``,
+``lnorm.numpy.rms_norm``, all with eps=None) beside LayerNorm, on the same inputs.
 Every implementation runs single-threaded (``torch.set_num_threads(1)``; NumPy's
 element-wise operations and reductions are single-threaded anyway), on float32
 rows of N(0, 1). Each time is the best of ``--repeats`` runs after one warm-up
@@ -94,6 +96,10 @@ def measure(shapes: list[tuple[int, int]], repeats: int) -> list[dict]:
             "torch.nn.functional": lambda: F.layer_norm(x, (n,)),
             "lnorm.torch": lambda: lnorm.torch.layer_norm(x, n),
             "lnorm.numpy": lambda: lnorm.numpy.layer_norm(x_numpy, n),
+            # RMSNorm beside LayerNorm: its time_vs_torch is relative to F.layer_norm
+            "torch.nn.functional.rms_norm": lambda: F.rms_norm(x, (n,)),
+            "lnorm.torch.rms_norm": lambda: lnorm.torch.rms_norm(x, n),
+            "lnorm.numpy.rms_norm": lambda: lnorm.numpy.rms_norm(x_numpy, n),
         }
         baseline = None
         for name, run in runs.items():
@@ -111,7 +117,7 @@ def measure(shapes: list[tuple[int, int]], repeats: int) -> list[dict]:
                     time_vs_torch=round(best / baseline, 3),
                     peak_memory_vs_output=(
                         round(peak_extra_bytes(run) / x_numpy.nbytes, 3)
-                        if name == "lnorm.numpy"
+                        if name.startswith("lnorm.numpy")
                         else ""
                     ),
                     gbytes_per_s=round(2 * x_numpy.nbytes / best / 1e9, 2),  # read x, write y
@@ -297,12 +303,12 @@ def main(argv: list[str] | None = None) -> None:
 
     results = measure([(256, 1024)] if args.quick else SHAPES, args.repeats)
     print(
-        f"{'implementation':<22}{'M x N':>14}{'best ms':>10}{'vs torch':>10}{'GB/s':>8}{'peak mem':>10}"
+        f"{'implementation':<30}{'M x N':>14}{'best ms':>10}{'vs torch':>10}{'GB/s':>8}{'peak mem':>10}"
     )
     for r in results:
         memory = f"{r['peak_memory_vs_output']:.2f}x" if r["peak_memory_vs_output"] != "" else "-"
         print(
-            f"{r['implementation']:<22}{r['rows']:>7} x {r['row_length']:<5}{r['best_ms']:>10.1f}"
+            f"{r['implementation']:<30}{r['rows']:>7} x {r['row_length']:<5}{r['best_ms']:>10.1f}"
             f"{r['time_vs_torch']:>10.2f}{r['gbytes_per_s']:>8.1f}{memory:>10}"
         )
     if args.csv:

@@ -22,6 +22,9 @@ def test_cpu_benchmark_writes_its_csv(tmp_path, capsys) -> None:
         "lnorm.torch",
         "lnorm.numpy",
         "lnorm.numpy, no correction pass",
+        "torch.nn.functional.rms_norm",
+        "lnorm.torch.rms_norm",
+        "lnorm.numpy.rms_norm",
     }
     assert "lnorm.numpy" in capsys.readouterr().out
     sweep = list(csv.DictReader(blocks.open()))

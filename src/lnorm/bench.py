@@ -5,6 +5,8 @@
     python -m lnorm.bench --device cuda --csv gpu.csv  # GPU: Triton vs torch, forward and backward
     python -m lnorm.bench --ptx DIR                  # no GPU needed: compile for sm_90, read the PTX
 
+The CPU table times RMSNorm (``torch.nn.functional.rms_norm``, ``lnorm.torch.rms_norm``,
+``lnorm.numpy.rms_norm``, all with eps=None) beside LayerNorm, on the same inputs.
 Every implementation runs single-threaded (``torch.set_num_threads(1)``; NumPy's
 element-wise operations and reductions are single-threaded anyway), on float32
 rows of N(0, 1). Each time is the best of ``--repeats`` runs after one warm-up
@@ -148,6 +150,10 @@ def measure(shapes: list[tuple[int, int]], repeats: int) -> list[dict]:
             ("lnorm.torch", 1): lambda: lnorm.torch.layer_norm(x, n),
             ("lnorm.numpy", 1): lambda: lnorm.numpy.layer_norm(x_numpy, n),
             ("lnorm.numpy, no correction pass", 1): lambda: uncorrected_numpy(x_numpy, n),
+            # RMSNorm beside LayerNorm: its time_vs_torch is relative to F.layer_norm
+            ("torch.nn.functional.rms_norm", 1): lambda: F.rms_norm(x, (n,)),
+            ("lnorm.torch.rms_norm", 1): lambda: lnorm.torch.rms_norm(x, n),
+            ("lnorm.numpy.rms_norm", 1): lambda: lnorm.numpy.rms_norm(x_numpy, n),
         }
         if threads > 1:
             runs[("torch.nn.functional", threads)] = torch_threads(
@@ -169,7 +175,7 @@ def measure(shapes: list[tuple[int, int]], repeats: int) -> list[dict]:
                     time_vs_torch=round(best / baseline, 3),
                     peak_memory_vs_output=(
                         round(peak_extra_bytes(run) / x_numpy.nbytes, 3)
-                        if name == "lnorm.numpy" and run_threads == 1
+                        if name.startswith("lnorm.numpy") and run_threads == 1
                         else ""
                     ),
                     gbytes_per_s=round(2 * x_numpy.nbytes / best / 1e9, 2),  # read x, write y

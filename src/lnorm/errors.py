@@ -132,6 +132,23 @@ def reference_layer_norm(
     return lnorm.numpy.layer_norm(wide(x), normalized_shape, wide(weight), wide(bias), eps)
 
 
+def reference_rms_norm(
+    x: object, normalized_shape, weight: object = None, eps: float | None = None
+) -> np.ndarray:
+    """RMSNorm of the exact input values, computed in float64.
+
+    ``eps=None`` is resolved for the *input's* dtype, as ``rms_norm`` resolves it
+    (float32's machine epsilon for float16, bfloat16 and float32 inputs), not for float64.
+    """
+    if eps is None:
+        eps = 2.0**-52 if str(x.dtype).removeprefix("torch.") == "float64" else 2.0**-23
+
+    def wide(a: object) -> np.ndarray | None:
+        return None if a is None else as_numpy(a).astype(np.float64)
+
+    return lnorm.numpy.rms_norm(wide(x), normalized_shape, wide(weight), eps)
+
+
 def exact_layer_norm(row: object, eps: float = 1e-5, digits: int = 60) -> np.ndarray:
     """LayerNorm of one row, computed with ``digits`` decimal digits in mpmath and rounded once to float64."""
     with mpmath.workdps(digits):

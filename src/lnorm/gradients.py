@@ -51,3 +51,26 @@ def layer_norm_backward_rows(
     if needs_dbias:
         dbias = pairwise_column_sum(dy)
     return dx, dweight, dbias
+
+
+def rms_norm_backward_rows(
+    dy: Array, x_hat: Array, rstd: Array, weight: Array | None
+) -> tuple[Array, Array]:
+    """``(dx, dweight)`` of RMSNorm for rows of shape (M, N), with ``rstd`` of shape (M, 1).
+
+    The forward pass is ``x_hat = x * rstd``, ``rstd = 1 / sqrt(mean(x²) + eps)``,
+    ``y = x_hat * weight``. Since ``d rstd / d x_j = -rstd³ x_j / N``, with
+    ``g = dy * weight``:
+
+        dweight = sum over rows of dy * x_hat
+        dx      = rstd * (g - x_hat * mean(g * x_hat))
+
+    LayerNorm's formula without its ``- mean(g)`` term (no mean was subtracted
+    in the forward pass, so none comes back in the backward). ``dweight`` is a
+    pairwise sum over the M rows: its error grows like ``log2(M)``, not ``M``.
+    """
+    g = dy if weight is None else dy * weight
+    mean_g_x_hat = (g * x_hat).mean(axis=-1, keepdims=True)
+    dx = (g - x_hat * mean_g_x_hat) * rstd
+    dweight = pairwise_column_sum(dy * x_hat)
+    return dx, dweight

@@ -230,3 +230,48 @@ def pairwise_column_sum(rows: Array) -> Array:
             paired[-1] += rows[-1]
         rows = paired
     return rows[0]
+
+
+def mean_of_squares(rows: Array, scratch: Array | None = None) -> Array:
+    """``mean(x²)`` of each row: RMSNorm's only statistic.
+
+    Every term is ≥ 0, so the sum has no cancellation: its relative error is at
+    most ``s + 2u``, with ``s`` the summation's bound (about ``log2(N) u`` for a
+    pairwise sum, ``N u`` for a sequential one) and one rounding for each square
+    and for the division by N, *whatever* the rows' mean. ``scratch``,
+    if given (the rows' shape, possibly a wider dtype), holds the squares, so
+    that a blocked loop allocates nothing of the rows' size.
+    """
+    if scratch is None:
+        squares = rows * rows
+    else:
+        squares = scratch
+        squares[...] = rows  # widens a float16 row exactly
+        squares *= squares
+    return _mean(squares)
+
+
+def rms_normalize(
+    rows: Array, eps: float, out: Array | None = None, scratch: Array | None = None
+) -> tuple[Array, Array]:
+    """RMSNorm without the weight; returns ``(x_hat, rstd)``.
+
+    ``x_hat = x * rstd`` with ``rstd = 1 / sqrt(mean(x²) + eps)`` per row, from
+    :func:`mean_of_squares`. Nothing is subtracted: an offset shared by the row
+    passes into ``x_hat`` unchanged, and no rounding error of a mean can enter.
+    To first order the relative error of each element is at most ``s/2 + 4.5 u``:
+    half of the statistic's ``s + 2u`` and of the rounding of ``+ eps`` (the square
+    root halves a relative error), plus one rounding each for the square root,
+    the division and the product. ``x_hat``
+    goes to ``out`` if given, else to a new array; ``rows`` is never modified.
+    Squares overflow for rows whose root mean square exceeds the square root of
+    the largest float (1.8e19 in float32): those rows come out as torch's do.
+    """
+    # sqrt and division are correctly rounded on every IEEE machine; ``** -0.5``
+    # may go to a vendor math library that is not (see :func:`standardize`).
+    rstd = 1 / _sqrt(mean_of_squares(rows, scratch) + eps)
+    if out is None:
+        return rows * rstd, rstd
+    out[...] = rows
+    out *= rstd
+    return out, rstd

@@ -128,3 +128,89 @@ def _checked(
     )
     eps = validation.check_eps(eps)
     return x, weight, bias, int(np.prod(normalized_shape)), work_dtype, eps
+
+
+def rms_norm(
+    x: ArrayLike,
+    normalized_shape: int | Sequence[int],
+    weight: ArrayLike | None = None,
+    eps: float | None = None,
+) -> np.ndarray:
+    """RMSNorm of ``x`` over its trailing ``normalized_shape`` dimensions: ``x / sqrt(mean(x²) + eps) * weight``.
+
+    The semantics of ``torch.nn.functional.rms_norm``: ``eps=None`` means the
+    machine epsilon of the dtype computed in (2**-23 for float16 and float32,
+    2**-52 for float64). Dtypes, errors and NaN confinement as in
+    :func:`layer_norm`; the weight multiplies in the working dtype and the
+    result is rounded once to the input's dtype.
+    """
+    x, weight, row_length, work_dtype, eps = _checked_rms(x, normalized_shape, weight, eps)
+    if x.size == 0:
+        return np.empty_like(x)
+
+    rows = x.reshape(-1, row_length)
+    weight = None if weight is None else weight.reshape(-1).astype(work_dtype)
+    y = np.empty(rows.shape, dtype=x.dtype)
+    # Blocks that stay in cache, working arrays allocated once: as in layer_norm.
+    row_bytes = row_length * np.dtype(work_dtype).itemsize
+    block_rows = min(rows.shape[0], max(1, BLOCK_BYTES // row_bytes))
+    squares = np.empty((block_rows, row_length), dtype=work_dtype)
+    work = None if y.dtype == work_dtype else np.empty_like(squares)
+    # A row holding inf (inf * 0), or a zero row with eps=0 (0/0), gives NaN silently, as in torch.
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        for start in range(0, rows.shape[0], block_rows):
+            stop = min(start + block_rows, rows.shape[0])
+            out = y[start:stop] if work is None else work[: stop - start]
+            block, _ = moments.rms_normalize(
+                rows[start:stop], eps, out=out, scratch=squares[: stop - start]
+            )
+            if weight is not None:
+                block *= weight
+            if work is not None:
+                y[start:stop] = block  # rounds once to the input dtype
+    return y.reshape(x.shape)
+
+
+def rms_norm_backward(
+    dy: ArrayLike,
+    x: ArrayLike,
+    normalized_shape: int | Sequence[int],
+    weight: ArrayLike | None = None,
+    eps: float | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Gradients ``(dx, dweight)`` of ``rms_norm(x, ...)`` given ``dy = dL/dy``.
+
+    The formulas are in :func:`lnorm.gradients.rms_norm_backward_rows`.
+    ``dweight`` is None when ``weight`` is None; each gradient has the dtype
+    and shape of what it is the gradient of. ``rstd`` is recomputed from ``x``.
+    """
+    x, weight, row_length, work_dtype, eps = _checked_rms(x, normalized_shape, weight, eps)
+    dy = np.asarray(dy)
+    validation.check_grad_output(dy.shape, dy.dtype, x.shape, x.dtype)
+    if x.size == 0:  # no rows: no gradient flows to the weight
+        dweight, dx = np.zeros(row_length, work_dtype), np.empty_like(x)
+    else:
+        rows = x.reshape(-1, row_length).astype(work_dtype, copy=False)
+        dy_rows = dy.reshape(-1, row_length).astype(work_dtype, copy=False)
+        weight_row = None if weight is None else weight.reshape(-1).astype(work_dtype)
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # NaN rows stay NaN
+            x_hat, rstd = moments.rms_normalize(rows, eps)
+            dx, dweight = gradients.rms_norm_backward_rows(dy_rows, x_hat, rstd, weight_row)
+        dx = dx.reshape(x.shape).astype(x.dtype, copy=False)
+    return dx, None if weight is None else dweight.reshape(weight.shape).astype(weight.dtype)
+
+
+def _checked_rms(
+    x: ArrayLike,
+    normalized_shape: int | Sequence[int],
+    weight: ArrayLike | None,
+    eps: float | None,
+) -> tuple[np.ndarray, np.ndarray | None, int, str, float]:
+    """The argument checks of rms_norm and its backward: x and weight as arrays, the row length, the working dtype, eps."""
+    x = np.asarray(x)
+    weight = None if weight is None else np.asarray(weight)
+    normalized_shape = validation.as_normalized_shape(normalized_shape)
+    validation.check_shapes(x.shape, normalized_shape, validation.shape_of(weight), None)
+    work_dtype = validation.rms_norm_compute_dtype(x.dtype, validation.dtype_of(weight))
+    eps = validation.rms_norm_eps(eps, work_dtype)
+    return x, weight, int(np.prod(normalized_shape)), work_dtype, eps

@@ -116,6 +116,85 @@ class LayerNormFunction(torch.autograd.Function):
         )
 
 
+def rms_norm(
+    x: torch.Tensor,
+    normalized_shape: int | Sequence[int],
+    weight: torch.Tensor | None = None,
+    eps: float | None = None,
+) -> torch.Tensor:
+    """RMSNorm of ``x`` over its trailing ``normalized_shape`` dimensions: ``x / sqrt(mean(x²) + eps) * weight``.
+
+    The semantics of ``torch.nn.functional.rms_norm``: ``eps=None`` means the
+    machine epsilon of the dtype computed in (``torch.finfo(torch.float32).eps``
+    for float16, bfloat16 and float32 inputs). Dtypes, errors and NaN
+    confinement as in :func:`layer_norm`. Differentiable once in x and weight.
+    """
+    normalized_shape, eps, work_dtype = checked_rms_norm_arguments(x, normalized_shape, weight, eps)
+    return RMSNormFunction.apply(x, weight, normalized_shape, eps, work_dtype)
+
+
+def checked_rms_norm_arguments(
+    x: torch.Tensor,
+    normalized_shape: int | Sequence[int],
+    weight: torch.Tensor | None,
+    eps: float | None,
+) -> tuple[tuple[int, ...], float, torch.dtype]:
+    """The argument checks of a torch-based ``rms_norm``: normalized_shape as a tuple, eps, the dtype to compute in."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if weight is not None:
+        if not isinstance(weight, torch.Tensor):
+            raise TypeError(f"weight must be a torch.Tensor or None, got {type(weight).__name__}")
+        if weight.device != x.device:  # RuntimeError, as torch raises
+            raise RuntimeError(f"weight is on {weight.device} but the input is on {x.device}")
+    normalized_shape = validation.as_normalized_shape(normalized_shape)
+    validation.check_shapes(x.shape, normalized_shape, validation.shape_of(weight), None)
+    work_dtype = validation.rms_norm_compute_dtype(x.dtype, validation.dtype_of(weight))
+    return normalized_shape, validation.rms_norm_eps(eps, work_dtype), getattr(torch, work_dtype)
+
+
+class RMSNormFunction(torch.autograd.Function):
+    """Forward by :func:`lnorm.moments.rms_normalize`; backward by :func:`lnorm.gradients.rms_norm_backward_rows`.
+
+    The forward pass saves the input and ``rstd``; the backward pass recomputes
+    ``x_hat = x * rstd`` by the same operation, so it gets the forward's values
+    bit for bit. (LayerNorm saves ``x_hat`` instead: recomputing it from ``x``
+    and a saved mean would bring back the mean's rounding error. RMSNorm has
+    no mean, and saving ``x`` costs half the memory for 16-bit inputs.)
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, normalized_shape, eps, work_dtype):
+        x_hat, rstd = moments.rms_normalize(_rows(x, normalized_shape, work_dtype), eps)
+        ctx.save_for_backward(
+            x, rstd, None if weight is None else weight.reshape(-1).to(work_dtype)
+        )
+        ctx.normalized_shape = normalized_shape
+        ctx.weight_shape_dtype = (validation.shape_of(weight), validation.dtype_of(weight))
+        # x_hat is a new tensor, saved nowhere: the output never aliases what backward needs.
+        y = x_hat.view(x.shape)
+        if weight is not None:
+            y = y * weight.to(work_dtype)
+        return y.to(x.dtype)
+
+    @staticmethod
+    @once_differentiable  # built from saved tensors without a graph: a second derivative raises
+    def backward(ctx, dy):
+        x, rstd, weight_row = ctx.saved_tensors
+        weight_shape, weight_dtype = ctx.weight_shape_dtype
+        x_hat = _rows(x, ctx.normalized_shape, rstd.dtype) * rstd
+        dy_rows = dy.reshape(x_hat.shape).to(rstd.dtype)
+        dx, dweight = gradients.rms_norm_backward_rows(dy_rows, x_hat, rstd, weight_row)
+        needs_x, needs_weight = ctx.needs_input_grad[:2]
+        return (
+            dx.reshape(x.shape).to(x.dtype) if needs_x else None,
+            dweight.reshape(weight_shape).to(weight_dtype) if needs_weight else None,
+            None,
+            None,
+            None,
+        )
+
+
 def _rows(x: torch.Tensor, normalized_shape: tuple[int, ...], work_dtype: torch.dtype) -> torch.Tensor:
     """``x`` as a matrix of rows of length prod(normalized_shape), in the working dtype."""
     batch_dims = x.dim() - len(normalized_shape)

@@ -145,3 +145,25 @@ def check_grad_output(
         raise TypeError(
             f"dy must have the dtype of x, {dtype_name(x_dtype)}, got {dtype_name(dy_dtype)}"
         )
+
+
+def rms_norm_compute_dtype(x_dtype: object, weight_dtype: object | None) -> str:
+    """:func:`compute_dtype` for ``rms_norm`` (no bias), with an error that names ``rms_norm``."""
+    x_name = dtype_name(x_dtype)
+    if x_name not in COMPUTE_DTYPE:
+        raise TypeError(
+            f"rms_norm needs a floating-point input ({', '.join(COMPUTE_DTYPE)}), got dtype {x_name}"
+        )
+    return compute_dtype(x_dtype, weight_dtype, None)
+
+
+def rms_norm_eps(eps: float | None, compute_dtype_name: str) -> float:
+    """``eps`` checked as :func:`check_eps` does; ``None`` means the machine epsilon of the compute dtype.
+
+    That is ``torch.nn.functional.rms_norm``'s default: ``torch.finfo(x.dtype).eps``
+    for float32 and float64 inputs (2**-23 and 2**-52), and float32's 2**-23 for
+    float16 and bfloat16 inputs, which are computed in float32.
+    """
+    if eps is None:
+        return {"float32": 2.0**-23, "float64": 2.0**-52}[compute_dtype_name]
+    return check_eps(eps)

@@ -1,0 +1,415 @@
+"""RMSNorm: every backend agrees with torch.nn.functional.rms_norm, forward and backward.
+
+The same cases as the LayerNorm tests (conftest.layer_norm_cases, without the bias, and
+with ``eps=None`` among the eps values), compared in float64; gradcheck; bad input; and
+accuracy in eps units against a float64 reference, never worse than torch's kernel.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import lnorm.numpy
+import lnorm.torch
+from conftest import DTYPES, _as_numpy, layer_norm_cases
+from lnorm import errors, gradients, moments
+
+# torch warns when a float16/bfloat16 input meets a float32 weight (no fused kernel): expected here.
+pytestmark = pytest.mark.filterwarnings("ignore:Mismatch dtype between input and weight")
+
+
+def numpy_rms_norm(x, normalized_shape, weight=None, eps=None) -> torch.Tensor:
+    y = lnorm.numpy.rms_norm(_as_numpy(x), normalized_shape, _as_numpy(weight), eps)
+    return torch.from_numpy(np.asarray(y))
+
+
+def numpy_rms_norm_backward(dy, x, normalized_shape, weight=None, eps=None) -> tuple:
+    grads = lnorm.numpy.rms_norm_backward(
+        _as_numpy(dy), _as_numpy(x), normalized_shape, _as_numpy(weight), eps
+    )
+    return tuple(None if g is None else torch.from_numpy(np.asarray(g)) for g in grads)
+
+
+def autograd_rms_norm_backward(forward: Callable[..., torch.Tensor]) -> Callable[..., tuple]:
+    """(dx, dweight) of ``forward`` by torch.autograd; None for an absent weight."""
+
+    def backward(dy, x, normalized_shape, weight=None, eps=None):
+        leaves = [
+            None if t is None else t.detach().clone().requires_grad_(True) for t in (x, weight)
+        ]
+        forward(leaves[0], normalized_shape, leaves[1], eps).backward(dy)
+        return tuple(None if t is None else t.grad for t in leaves)
+
+    return backward
+
+
+def _shape_tuple(normalized_shape) -> tuple[int, ...]:
+    return (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+
+
+torch_rms_norm_backward = autograd_rms_norm_backward(
+    lambda x, shape, w, eps: F.rms_norm(x, _shape_tuple(shape), w, eps)
+)
+
+RMS_NORMS = {"numpy": numpy_rms_norm, "torch": lnorm.torch.rms_norm}
+RMS_NORM_BACKWARDS = {
+    "numpy": numpy_rms_norm_backward,
+    "torch": autograd_rms_norm_backward(lnorm.torch.rms_norm),
+}
+
+
+@pytest.fixture(params=sorted(RMS_NORMS))
+def rms_backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@st.composite
+def rms_norm_cases(draw: st.DrawFn, dtypes: tuple[torch.dtype, ...]) -> dict:
+    """conftest.layer_norm_cases without the bias, and with eps=None (torch's default) among the eps."""
+    case = draw(layer_norm_cases(dtypes))
+    del case["bias"]
+    case["eps"] = draw(st.sampled_from([None, case["eps"]]))
+    return case
+
+
+def resolved_eps(x: torch.Tensor, eps: float | None) -> float:
+    """torch's eps=None: the machine epsilon of the dtype computed in (float32 for 16-bit inputs)."""
+    if eps is not None:
+        return eps
+    return torch.finfo(torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype).eps
+
+
+def float64_rms_norm(case: dict) -> torch.Tensor:
+    """torch.nn.functional.rms_norm computed in float64, rounded once to the input's dtype."""
+    x, weight = case["x"], case["weight"]
+    y = F.rms_norm(
+        x.double(),
+        _shape_tuple(case["normalized_shape"]),
+        None if weight is None else weight.double(),
+        resolved_eps(x, case["eps"]),
+    )
+    return y.to(x.dtype)
+
+
+# ---------------------------------------------------------------------------- forward
+
+
+@pytest.mark.parametrize("backend_name", sorted(RMS_NORMS))
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_matches_torch_rms_norm(backend_name: str, data: st.DataObject) -> None:
+    case = data.draw(rms_norm_cases(DTYPES[backend_name]))
+    y = RMS_NORMS[backend_name](**case)
+    assert y.dtype == case["x"].dtype and y.shape == case["x"].shape
+    torch.testing.assert_close(y, float64_rms_norm(case))
+
+
+@pytest.mark.parametrize("eps", [None, 1e-6])
+@pytest.mark.parametrize("shape", [(50, 768), (4, 3, 16), (1, 1)])
+def test_matches_torch_kernel_on_typical_inputs(rms_backend: str, shape, eps) -> None:
+    generator = torch.Generator().manual_seed(0)
+    for dtype in DTYPES[rms_backend]:
+        x = torch.randn(shape, generator=generator).to(dtype)
+        for weight_dtype in {dtype, torch.float32 if dtype.itemsize == 2 else dtype}:
+            weight = torch.rand(shape[-1:], generator=generator).to(weight_dtype)
+            torch.testing.assert_close(
+                RMS_NORMS[rms_backend](x, shape[-1], weight, eps),
+                F.rms_norm(x, shape[-1:], weight, eps),
+            )
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_eps_none_is_the_machine_epsilon_of_the_compute_dtype(rms_backend: str, dtype) -> None:
+    if dtype not in DTYPES[rms_backend]:
+        pytest.skip("NumPy has no bfloat16")
+    # Rows small enough (mean of squares about eps) that the value of eps shows in the output.
+    scale = 3e-4 if dtype != torch.float64 else 1e-8
+    x = (torch.randn(8, 64, generator=torch.Generator().manual_seed(0)) * scale).to(dtype)
+    ours = RMS_NORMS[rms_backend](x, 64)
+    torch.testing.assert_close(ours, F.rms_norm(x, (64,)))
+    own_dtype_eps = F.rms_norm(x.double(), (64,), eps=torch.finfo(dtype).eps).to(dtype)
+    if dtype in (torch.float16, torch.bfloat16):  # not the input dtype's own, much larger, eps
+        assert not torch.allclose(ours, own_dtype_eps, rtol=0.1)
+
+
+def test_input_is_not_modified(rms_backend: str) -> None:
+    for dtype in DTYPES[rms_backend]:
+        x = torch.randn(6, 5, generator=torch.Generator().manual_seed(0)).to(dtype) + 3
+        before = x.clone()
+        RMS_NORMS[rms_backend](x, 5, torch.full((5,), 2.0, dtype=dtype))
+        assert torch.equal(x, before)
+
+
+def test_non_contiguous_input() -> None:
+    x = torch.randn(7, 5, generator=torch.Generator().manual_seed(1)).t()
+    torch.testing.assert_close(lnorm.torch.rms_norm(x, (7,)), F.rms_norm(x, (7,)))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_nan_and_inf_stay_in_their_row_as_in_torch(rms_backend: str, bad: float) -> None:
+    # An inf makes its row's rstd 0: the other elements of the row come out 0, the inf NaN.
+    x = torch.tensor([[1.0, 2.0, 4.0], [1.0, bad, 3.0], [0.5, -1.0, 2.0]])
+    y, expected = RMS_NORMS[rms_backend](x, 3), F.rms_norm(x, (3,))
+    torch.testing.assert_close(y, expected, equal_nan=True)
+    assert torch.isnan(y[1, 1]) and torch.isfinite(y[[0, 2]]).all()
+
+
+@pytest.mark.parametrize(
+    "shape, normalized_shape", [((0, 4), (4,)), ((3, 0), (0,)), ((2, 0, 5), (5,)), ((0,), (0,))]
+)
+def test_empty_inputs_give_empty_outputs(rms_backend: str, shape, normalized_shape) -> None:
+    for dtype in DTYPES[rms_backend]:
+        y = RMS_NORMS[rms_backend](torch.empty(shape, dtype=dtype), normalized_shape)
+        assert y.shape == shape and y.dtype == dtype
+
+
+def test_one_element_rows_are_their_sign_times_weight(rms_backend: str) -> None:
+    x = torch.tensor([[3.0], [-1e3], [0.0]])
+    y = RMS_NORMS[rms_backend](x, 1, torch.tensor([2.0]), 0.0)
+    assert torch.equal(y[:2], torch.tensor([[2.0], [-2.0]]))
+    assert torch.isnan(y[2, 0]) and torch.isnan(F.rms_norm(x, (1,), eps=0.0)[2, 0])  # 0/0
+
+
+def test_zero_rows_normalize_to_zero(rms_backend: str) -> None:
+    assert torch.equal(RMS_NORMS[rms_backend](torch.zeros(2, 64), 64), torch.zeros(2, 64))
+
+
+def test_an_offset_passes_straight_through(rms_backend: str) -> None:
+    # No centring: a row 1e4 + N(0, 1) comes out as nearly constant 1, its spread squeezed to 1e-4.
+    x = torch.randn(4, 256, generator=torch.Generator().manual_seed(2)) + 1e4
+    y = RMS_NORMS[rms_backend](x, 256)
+    assert (y - 1).abs().max() < 1e-3 and y.std(dim=-1).max() < 2e-4
+
+
+# ---------------------------------------------------------------------------- bad input
+
+X = torch.zeros(2, 3, 4)
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, error, message",
+    [
+        ((X, (5,)), {}, ValueError, r"normalized_shape=\(5,\) must match the trailing dimensions"),
+        ((X, ()), {}, ValueError, r"at least one dimension"),
+        ((X, 4.0), {}, TypeError, r"normalized_shape must be an int or a sequence of ints"),
+        (
+            (X, (4,), torch.ones(5)),
+            {},
+            ValueError,
+            r"weight must have shape normalized_shape=\(4,\)",
+        ),
+        (
+            (X.long(), (4,)),
+            {},
+            TypeError,
+            r"rms_norm needs a floating-point input .* got dtype int64",
+        ),
+        ((X, (4,), torch.ones(4).double()), {}, TypeError, r"weight has dtype float64"),
+        ((X.half(), (4,), torch.ones(4).bfloat16()), {}, TypeError, r"weight has dtype bfloat16"),
+        ((X, (4,)), {"eps": -1e-5}, ValueError, r"eps must be finite and >= 0"),
+        ((X, (4,)), {"eps": float("nan")}, ValueError, r"eps must be finite"),
+        ((X, (4,)), {"eps": "1e-5"}, TypeError, r"eps must be a real number"),
+    ],
+)
+def test_bad_input_raises_a_clear_error(rms_backend: str, args, kwargs, error, message) -> None:
+    if rms_backend == "numpy" and torch.bfloat16 in [getattr(a, "dtype", None) for a in args]:
+        pytest.skip("NumPy has no bfloat16")
+    with pytest.raises(error, match=message):
+        RMS_NORMS[rms_backend](*args, **kwargs)
+
+
+def test_torch_backend_rejects_non_tensors_and_other_devices() -> None:
+    with pytest.raises(TypeError, match="x must be a torch.Tensor, got list"):
+        lnorm.torch.rms_norm([[1.0, 2.0]], 2)
+    with pytest.raises(TypeError, match="weight must be a torch.Tensor or None, got list"):
+        lnorm.torch.rms_norm(X, 4, [1.0] * 4)
+    with pytest.raises(ValueError, match=r"weight is on meta but the input is on cpu"):
+        lnorm.torch.rms_norm(X, 4, torch.ones(4, device="meta"))
+
+
+def test_numpy_backward_rejects_a_mismatched_dy() -> None:
+    x = np.zeros((2, 4), np.float32)
+    with pytest.raises(ValueError, match=r"dy must have the shape of x, \(2, 4\), got \(2, 3\)"):
+        lnorm.numpy.rms_norm_backward(np.zeros((2, 3), np.float32), x, 4)
+    with pytest.raises(TypeError, match="dy must have the dtype of x, float32, got float64"):
+        lnorm.numpy.rms_norm_backward(np.zeros((2, 4)), x, 4)
+
+
+# ---------------------------------------------------------------------------- backward
+
+
+@pytest.mark.parametrize("backend_name", sorted(RMS_NORM_BACKWARDS))
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_gradients_match_float64_autograd(backend_name: str, data: st.DataObject) -> None:
+    case = data.draw(rms_norm_cases(DTYPES[backend_name]))
+    x, weight = case["x"], case["weight"]
+    dy = torch.from_numpy(
+        np.random.default_rng(data.draw(st.integers(0, 2**32 - 1))).normal(size=x.shape)
+    ).to(x.dtype)
+    grads = RMS_NORM_BACKWARDS[backend_name](dy, **case)
+    eps = resolved_eps(x, case["eps"])
+    wide = None if weight is None else weight.double()
+    expected = torch_rms_norm_backward(dy.double(), x.double(), case["normalized_shape"], wide, eps)
+    # The error of each gradient scales with the numbers it is computed from (as for LayerNorm):
+    # dx with max rstd * max |dy * weight|, dweight with the sum over rows of |dy * x_hat|.
+    rows = x.double().reshape(-1, int(np.prod(_shape_tuple(case["normalized_shape"]))))
+    if rows.numel() == 0:
+        scales = (0.0, 0.0)
+    else:
+        x_hat, rstd = moments.rms_normalize(rows, eps)
+        g = dy.double().reshape(rows.shape) * (1 if weight is None else weight.double().reshape(-1))
+        scales = (
+            float(rstd.max() * g.abs().max()),
+            float((dy.double().reshape(rows.shape) * x_hat).abs().sum(dim=0).max()),
+        )
+    for name, actual, reference, scale, param in zip(
+        ("dx", "dweight"), grads, expected, scales, (x, weight)
+    ):
+        if param is None:
+            assert actual is None, name
+            continue
+        assert actual.shape == param.shape and actual.dtype == param.dtype, name
+        unit = errors.machine_epsilon(actual)
+        rounding = unit * errors.max_abs_error(reference, 0 * reference) + unit * float(
+            torch.finfo(actual.dtype).tiny
+        )
+        atol = 16 * 2.0**-23 * scale + rounding
+        torch.testing.assert_close(actual.double(), reference, rtol=0, atol=atol, msg=name)
+
+
+@pytest.mark.parametrize("eps", [None, 1e-5])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("normalized_shape", [(5,), (2, 3), (1,)])
+def test_gradcheck_in_float64(affine: bool, normalized_shape: tuple[int, ...], eps) -> None:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(3, *normalized_shape, dtype=torch.float64, generator=generator).requires_grad_()
+    weight = (
+        torch.randn(normalized_shape, dtype=torch.float64, generator=generator).requires_grad_()
+        if affine
+        else None
+    )
+    inputs = (x, weight) if affine else (x,)
+    assert torch.autograd.gradcheck(
+        lambda x, w=None: lnorm.torch.rms_norm(x, normalized_shape, w, eps), inputs
+    )
+
+
+def test_double_backward_raises_a_clear_error() -> None:
+    x = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    (dx,) = torch.autograd.grad(lnorm.torch.rms_norm(x, 4).pow(2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        dx.sum().backward()
+
+
+def test_gradients_only_for_what_requires_them_and_output_is_free_to_modify() -> None:
+    x, weight = torch.randn(3, 4, requires_grad=True), torch.ones(4)
+    y = lnorm.torch.rms_norm(x, 4, weight)
+    y.mul_(2)  # the output aliases nothing saved for backward
+    y.sum().backward()
+    assert torch.isfinite(x.grad).all() and weight.grad is None
+
+
+@pytest.mark.parametrize("backend_name", sorted(RMS_NORM_BACKWARDS))
+def test_backward_edge_cases(backend_name: str) -> None:
+    backward = RMS_NORM_BACKWARDS[backend_name]
+    dx, dweight = backward(torch.empty(0, 4), torch.empty(0, 4), 4, torch.ones(4))
+    assert dx.shape == (0, 4) and torch.equal(dweight, torch.zeros(4))
+    x = torch.tensor([[1.0, 2.0, 4.0], [1.0, float("nan"), 3.0]])
+    dy = torch.tensor([[0.5, -1.0, 2.0], [1.0, 1.0, 1.0]])
+    dx, _ = backward(dy, x, 3)
+    expected, _ = torch_rms_norm_backward(dy, x, 3)
+    assert torch.isnan(dx[1]).all()
+    torch.testing.assert_close(dx[0], expected[0])
+
+
+def test_backward_rows_work_on_numpy_and_torch_alike() -> None:
+    rng = np.random.default_rng(3)
+    x, dy, weight = rng.normal(size=(5, 8)), rng.normal(size=(5, 8)), rng.normal(size=8)
+    x_hat, rstd = moments.rms_normalize(x, 1e-5)
+    from_numpy = gradients.rms_norm_backward_rows(dy, x_hat, rstd, weight)
+    as_torch = [torch.from_numpy(a) for a in (dy, x_hat, rstd, weight)]
+    from_torch = gradients.rms_norm_backward_rows(*as_torch)
+    for a, b in zip(from_numpy, from_torch):
+        np.testing.assert_allclose(a, b.numpy(), rtol=1e-13, atol=1e-15)
+
+
+# ---------------------------------------------------------------------------- accuracy
+
+#: float32 target, in eps x max|y_ref|. The first-order analysis (lnorm.moments.rms_normalize)
+#: bounds each element by s/2 + 5.5u relative (s: the summation's bound; one more rounding for
+#: the weight); on normal rows the largest error seen is under 2, so 2.5 leaves a margin.
+TARGET_FLOAT32 = 2.5
+#: 16-bit outputs: one rounding of an almost exact float32 value, half a unit in the last place.
+TARGET_HALF = 0.5 + 2.0**-10
+
+
+def _backend_forward(name: str) -> Callable[..., torch.Tensor]:
+    return {"torch.nn.functional": lambda x, n, w, eps: F.rms_norm(x, (n,), w, eps), **RMS_NORMS}[
+        name
+    ]
+
+
+@pytest.mark.parametrize("eps", [None, 1e-6])
+@pytest.mark.parametrize("offset", [0.0, 1e2, 1e4, 1e6])
+@pytest.mark.parametrize("n", [7, 768, 4096, 65536])
+def test_float32_error_within_target_and_never_worse_than_torch(
+    rms_backend: str, n: int, offset: float, eps
+) -> None:
+    rng = np.random.default_rng(n)
+    x = torch.from_numpy(rng.normal(offset, 1.0, size=(max(2, 16384 // n), n)).astype(np.float32))
+    weight = torch.from_numpy(rng.normal(1.0, 0.5, size=n).astype(np.float32))
+    reference = errors.reference_rms_norm(x, n, weight, eps)
+    ours = errors.eps_units(RMS_NORMS[rms_backend](x, n, weight, eps), reference)
+    theirs = errors.eps_units(F.rms_norm(x, (n,), weight, eps), reference)
+    assert ours <= TARGET_FLOAT32 and ours <= max(theirs, TARGET_FLOAT32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("n", [7, 4096])
+def test_half_precision_error_is_one_final_rounding(rms_backend: str, dtype, n: int) -> None:
+    if dtype not in DTYPES[rms_backend]:
+        pytest.skip("NumPy has no bfloat16")
+    rng = np.random.default_rng(n)
+    x = torch.from_numpy(rng.normal(1e2, 1.0, size=(max(2, 16384 // n), n))).to(dtype)
+    weight = torch.from_numpy(rng.normal(1.0, 0.5, size=n)).to(dtype)
+    reference = errors.reference_rms_norm(x, n, weight)
+    ours = errors.eps_units(RMS_NORMS[rms_backend](x, n, weight), reference)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = errors.eps_units(F.rms_norm(x, (n,), weight), reference)
+    assert ours <= TARGET_HALF and ours <= max(theirs, TARGET_HALF)
+
+
+@pytest.mark.parametrize("backend_name", sorted(RMS_NORM_BACKWARDS))
+@pytest.mark.parametrize("offset", [0.0, 1e4])
+@pytest.mark.parametrize("n", [16, 4096])
+def test_float32_gradients_accurate(backend_name: str, offset: float, n: int) -> None:
+    rng = np.random.default_rng(n)
+    x = torch.from_numpy(rng.normal(offset, 1.0, size=(64, n)).astype(np.float32))
+    weight = torch.from_numpy(rng.normal(1.0, 0.5, size=n).astype(np.float32))
+    dy = torch.from_numpy(rng.normal(size=(64, n)).astype(np.float32))
+    ours = RMS_NORM_BACKWARDS[backend_name](dy, x, n, weight)
+    theirs = torch_rms_norm_backward(dy, x, n, weight)
+    exact = torch_rms_norm_backward(dy.double(), x.double(), n, weight.double(), 2.0**-23)
+    for actual, other, reference in zip(ours, theirs, exact):
+        ours_units = errors.eps_units(actual, reference)
+        assert ours_units <= TARGET_FLOAT32
+        assert ours_units <= max(errors.eps_units(other, reference), TARGET_FLOAT32)
+
+
+def test_mean_of_squares_has_no_cancellation_at_any_offset() -> None:
+    # The statistic's relative error stays at the summation's level, whatever the mean.
+    for offset in (0.0, 1e3, 1e6):
+        x = np.random.default_rng(0).normal(offset, 1.0, size=(64, 4096)).astype(np.float32)
+        exact = moments.mean_of_squares(x.astype(np.float64))
+        relative = np.abs(moments.mean_of_squares(x) / exact - 1)
+        assert relative.max() <= 64 * 2.0**-24

@@ -231,7 +231,7 @@ def test_torch_backend_rejects_non_tensors_and_other_devices() -> None:
         lnorm.torch.rms_norm([[1.0, 2.0]], 2)
     with pytest.raises(TypeError, match="weight must be a torch.Tensor or None, got list"):
         lnorm.torch.rms_norm(X, 4, [1.0] * 4)
-    with pytest.raises(ValueError, match=r"weight is on meta but the input is on cpu"):
+    with pytest.raises(RuntimeError, match=r"weight is on meta but the input is on cpu"):
         lnorm.torch.rms_norm(X, 4, torch.ones(4, device="meta"))
 
 

@@ -264,8 +264,9 @@ def rms_normalize(
     root halves a relative error), plus one rounding each for the square root,
     the division and the product. ``x_hat``
     goes to ``out`` if given, else to a new array; ``rows`` is never modified.
-    Squares overflow for rows whose root mean square exceeds the square root of
-    the largest float (1.8e19 in float32): those rows come out as torch's do.
+    The sum of squares overflows for rows whose root mean square exceeds
+    ``sqrt(largest float / N)`` (1.8e19 / sqrt(N) in float32), before any one
+    square does: those rows come out as zeros, as torch's do.
     """
     # sqrt and division are correctly rounded on every IEEE machine; ``** -0.5``
     # may go to a vendor math library that is not (see :func:`standardize`).

@@ -1,5 +1,5 @@
-"""lnorm.diagnose.check(fn, norm="rms"): every RMSNorm finding kind on an implementation with exactly
-that bug, in torch and NumPy, and no finding on correct implementations.
+"""lnorm.diagnose.check(fn, norm="rms"): every RMSNorm finding kind on an implementation with
+exactly that bug, in torch and NumPy, and no finding on correct implementations.
 
 The hand-written implementations below are one RMSNorm, written once against a few array
 operations (:class:`Ops`) so that each bug exists in both frameworks in the same words.

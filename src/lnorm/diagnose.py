@@ -1079,9 +1079,10 @@ def eps_fit(ctx: Context, eps: float) -> dict | None:
         return {"verdict": "unexplained", "eps passed": eps}
     expected = Denominator(ctx.n, ctx.found("bessel_correction"), resolved_eps(eps))
     deviation = float(np.max(np.abs(d / expected(std) - 1.0)))
-    if eps == ctx.eps:
+    if eps == ctx.eps or eps is None:  # the eps of the other probes, and RMSNorm's default
         statistic = "var" if ctx.subject.norm == "layer" else "mean(x^2)"
-        ctx.measure("eps", f"largest |d / sqrt({statistic} + eps) - 1|", deviation, EPS_DEVIATION)
+        key, value = ("eps", "eps") if eps == ctx.eps else ("eps=None", "2**-23")
+        ctx.measure(key, f"largest |d / sqrt({statistic} + {value}) - 1|", deviation, EPS_DEVIATION)
     if deviation <= EPS_DEVIATION:
         return {"verdict": "correct", "eps passed": eps}
     s = std * math.sqrt(ctx.n / (ctx.n - 1)) if expected.bessel else std  # what it takes as std
@@ -1555,10 +1556,8 @@ def rms_norm_probes(subject: Subject, half: bool, seed: int = 0) -> dict[str, Pr
         for dtype in subject.half_dtypes:
             # The same 16-bit values computed as they are and converted to float32, without
             # weight; then with a weight in the same 16-bit dtype, as a model.to(dtype) has.
-            x16 = _rounded(
-                _scaled(_standard_rows(rng, 32, rows), rng.uniform(0.5, 2, 32), rng.uniform(-1, 1, 32)),
-                dtype,
-            )
+            z = _standard_rows(rng, 32, rows)
+            x16 = _rounded(_scaled(z, rng.uniform(0.5, 2, 32), rng.uniform(-1, 1, 32)), dtype)
             for work in (dtype, "float32"):
                 add(f"{dtype}:{work}", x16, work)
             w16 = _rounded(rng.uniform(0.5, 2.0, rows) * rng.choice([-1.0, 1.0], rows), dtype)
@@ -1764,21 +1763,24 @@ def detect_eps_default_mismatch(ctx: Context) -> Finding | None:
     if not seen:
         return None
     used = "; ".join(f"{v:.3g} for {k} inputs" for k, v in seen.items())
+    called = "called with eps=None"
+    if ctx.subject.is_module:
+        called = "with eps=None (its eps attribute, or torch's default where it has none)"
     return Finding(
         "eps_default_mismatch",
-        f"called with eps=None it uses {used}; torch.nn.functional.rms_norm uses "
+        f"{called} it uses {used}; torch.nn.functional.rms_norm uses "
         f"{2.0**-23:.3g} (float32's machine epsilon) for float16, bfloat16 and float32 inputs",
         {"eps used with eps=None, by input dtype": seen, "torch's": 2.0**-23},
         "rms",
     )
 
 
-#: More than this fraction of 16-bit outputs differing from the float32 path's, rounded, is a finding.
+#: More than this fraction of 16-bit outputs differing from the float32 path's rounded: a finding.
 HALF_DIFFER_FRACTION = 0.05
 
 
 def _as_dtype_bits(values: np.ndarray, dtype: str) -> torch.Tensor:
-    """``values`` rounded to the 16-bit ``dtype``, as ordered integers (adjacent numbers differ by 1)."""
+    """``values`` rounded to the 16-bit ``dtype``, as ordered integers (neighbours differ by 1)."""
     bits = torch.from_numpy(np.asarray(values, np.float64)).to(_TORCH_DTYPES[dtype])
     bits = bits.view(torch.int16).to(torch.int64)
     return torch.where(bits < 0, -(2**15) - bits, bits)
@@ -1787,6 +1789,10 @@ def _as_dtype_bits(values: np.ndarray, dtype: str) -> torch.Tensor:
 def ulp_distance(a: np.ndarray, b: np.ndarray, dtype: str) -> np.ndarray:
     """How many 16-bit numbers of ``dtype`` apart ``a`` and ``b`` are, once rounded to it."""
     return (_as_dtype_bits(a, dtype) - _as_dtype_bits(b, dtype)).abs().numpy()
+
+
+def _ulps(count: int) -> str:
+    return f"{count} ulp" if count == 1 else f"{count} ulps"
 
 
 def _differ(a: np.ndarray, b: np.ndarray, dtype: str) -> tuple[float, int]:
@@ -1851,7 +1857,7 @@ def detect_rms_low_precision(ctx: Context) -> Finding | None:
         "low_precision_accumulation",
         "its 16-bit outputs differ from its own float32 computation, rounded to 16 bits, in "
         + "; ".join(
-            f"{v['outputs differing']:.0%} of the outputs (by up to {v['largest ulps']} ulps) on "
+            f"{v['outputs differing']:.0%} of the outputs (by up to {_ulps(v['largest ulps'])}) on "
             f"{k} rows"
             for k, v in seen.items()
         )
@@ -1918,7 +1924,7 @@ CAST_FIRST_MATCH = 0.02
 
 
 def detect_cast_order(ctx: Context) -> Finding | None:
-    """``cast_order``: for 16-bit inputs and weight, it rounds ``x_hat`` to 16 bits, then multiplies.
+    """``cast_order``: for 16-bit input and weight, it rounds ``x_hat`` to 16 bits, then multiplies.
 
     Input: float16 (and, in torch, bfloat16) rows of root mean square 1/2 to 2
     with a weight of the same 16-bit dtype (0.5 <= |w| <= 2, either sign), as a
@@ -1966,12 +1972,13 @@ def detect_cast_order(ctx: Context) -> Finding | None:
     )
     if not seen:
         return None
-    dtype, v = next(iter(seen.items()))
+    dtype = "bfloat16" if "bfloat16" in seen else next(iter(seen))  # a bfloat16 model's case first
+    v = seen[dtype]
     return Finding(
         "cast_order",
         f"with {dtype} input and weight, {v['outputs differing from multiply-first']:.0%} of its "
         f"outputs differ from torch's order (multiply in float32, round once), by up to "
-        f"{v['largest ulps']} ulp; they match round16(round16(x_hat) * weight) "
+        f"{_ulps(v['largest ulps'])}; they match round16(round16(x_hat) * weight) "
         f"(differing in {v['outputs differing from cast-first']:.1%})",
         {"by dtype": seen},
         "rms",

@@ -148,6 +148,22 @@ class LlamaRMSNorm(torch.nn.Module):
         return self.weight * hidden_states.to(input_dtype)
 
 
+class T5LayerNorm(torch.nn.Module):
+    """T5's RMSNorm (named LayerNorm there): for a 16-bit weight, casts to its dtype, then multiplies."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        variance = hidden_states.to(torch.float32).pow(2).mean(-1, keepdim=True)
+        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
+        if self.weight.dtype in [torch.float16, torch.bfloat16]:
+            hidden_states = hidden_states.to(self.weight.dtype)
+        return self.weight * hidden_states
+
+
 class GemmaRMSNorm(torch.nn.Module):
     """Gemma's RMSNorm: the weight is stored as w - 1 and applied as (1 + weight) in float32."""
 
@@ -244,6 +260,7 @@ def test_a_single_bug_is_reported_as_its_kind_alone(bug: str, framework: str) ->
     "module, kind",
     [
         (LlamaRMSNorm(64), "cast_order"),
+        (T5LayerNorm(64), "cast_order"),
         (GemmaRMSNorm(64), "affine_wrong"),
         (HandWrittenRMSModule(96, "default_1e-6"), "eps_default_mismatch"),
         (HandWrittenRMSModule(96, "sixteen_bit"), "low_precision_accumulation"),

@@ -149,7 +149,7 @@ class LlamaRMSNorm(torch.nn.Module):
 
 
 class T5LayerNorm(torch.nn.Module):
-    """T5's RMSNorm (named LayerNorm there): for a 16-bit weight, casts to its dtype, then multiplies."""
+    """T5's RMSNorm (named LayerNorm there): a 16-bit weight's dtype first, then the product."""
 
     def __init__(self, hidden_size: int, eps: float = 1e-6):
         super().__init__()

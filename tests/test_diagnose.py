@@ -259,7 +259,7 @@ def test_the_checker_never_changes_the_readers_module() -> None:
 
 def test_unknown_norm_framework_and_arguments() -> None:
     with pytest.raises(NotImplementedError):
-        diagnose.check(F.layer_norm, norm="rms")
+        diagnose.check(F.layer_norm, norm="batch")
     with pytest.raises(ValueError, match="framework"):
         diagnose.check(F.layer_norm, "jax")
     with pytest.raises(TypeError):

@@ -1,20 +1,22 @@
-"""Is my LayerNorm right? A checker for a reader's own implementation.
+"""Is my LayerNorm (or RMSNorm) right? A checker for a reader's own implementation.
 
     report = lnorm.diagnose.check(fn)          # fn(x, normalized_shape, weight, bias, eps)
     report = lnorm.diagnose.check(fn, "numpy") # the same on NumPy arrays
     report = lnorm.diagnose.check(module)      # an nn.Module (normalized_shape, weight, bias, eps)
+    report = lnorm.diagnose.check(fn, norm="rms")  # fn(x, normalized_shape, weight, eps=None)
     report.ok, report.kinds, report.findings, report.tolerance, report.measurements
     print(report)
 
-or ``python -m lnorm.diagnose path/to/file.py:function [--numpy]``.
+or ``python -m lnorm.diagnose path/to/file.py:function [--numpy] [--rms]``.
 
 The checker calls ``fn`` on seeded inputs of its own (the *probes* below), each
 built to expose one mistake, and judges every output against
-:func:`lnorm.errors.reference_layer_norm` (float64 on the exact input values,
-far more accurate than any float32 result). Each mistake has a *detector*: a
-small function whose docstring says which input exposes the bug, what
-measurement decides it, the threshold, and why rounding error cannot reach
-that threshold. The detectors run in the order of :data:`LAYER_NORM_DETECTORS`;
+:func:`lnorm.errors.reference_layer_norm` (or ``reference_rms_norm``: float64
+on the exact input values, far more accurate than any float32 result). Each
+mistake has a *detector*: a small function whose docstring says which
+input exposes the bug, what measurement decides it, the threshold, and
+why rounding error cannot reach that threshold. The detectors run in the
+order of :data:`LAYER_NORM_DETECTORS`;
 later ones use what earlier ones learned (a function with Bessel's correction
 divides by ``sqrt(N/(N-1) var + eps)``, and the eps detectors measure against
 that), so that one mistake is reported once, under its own kind.
@@ -27,15 +29,19 @@ and output ``y``, the least-squares fit ``d = sum(c*c) / sum(c*y)``. Because
 the function's variance and eps, measured to a few float32 roundings.
 
 The finding kinds (:data:`KINDS`) are stable strings that tests and readers
-rely on. ``norm="layer"`` is the only norm so far; a second norm (RMSNorm)
-reuses the machinery (probes, calls, the denominator fit, the report) with a
-list of detectors of its own.
+rely on. ``norm="rms"`` checks an RMSNorm with the same machinery (probes,
+calls, the denominator fit, now ``d = sum(x*x) / sum(x*y)`` on the values
+themselves, the report) and a list of detectors of its own,
+:data:`RMS_NORM_DETECTORS`: the LayerNorm kinds that apply (same names where the
+meaning is the same, explained in RMSNorm's words by :data:`RMS_KINDS`), and
+``eps_default_mismatch``, ``cast_order`` and ``centres_rows``.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import importlib.util
 import itertools
 import math
@@ -142,7 +148,109 @@ KINDS: dict[str, Kind] = {
         "compare your formula with chapter 1's, step by step, on a small input",
         "chapter 1, LayerNorm from first principles",
     ),
+    # RMSNorm only (check(fn, norm="rms")):
+    "eps_default_mismatch": Kind(
+        "called with eps=None, it does not use torch's default, float32's machine epsilon "
+        "(2**-23 = 1.19e-7, for float16 and bfloat16 inputs too)",
+        "resolve eps=None as torch.finfo(torch.float32).eps for 16- and 32-bit inputs "
+        "(torch.finfo(x.dtype).eps for float64), or pass the model's eps explicitly: "
+        "eps=None and a hard-coded 1e-6 differ by more than rounding",
+        "chapter 10, RMSNorm (eps=None is not 1e-6)",
+    ),
+    "cast_order": Kind(
+        "for 16-bit inputs and weight, the normalized value is rounded to 16 bits before the "
+        "weight multiplies it (two roundings), where torch multiplies in float32 and rounds once",
+        "multiply first, round once: (x_hat * weight.float()).to(x.dtype). Cast first is "
+        "LLaMA's order: keep it if you must match a model trained with it, and then compare "
+        "with torch allowing one 16-bit ulp",
+        "chapter 10, RMSNorm (The cast order of a bfloat16 model)",
+    ),
+    "centres_rows": Kind(
+        "it subtracts each row's mean: that is LayerNorm, not RMSNorm",
+        "RMSNorm divides by sqrt(mean(x^2) + eps) and subtracts nothing: "
+        "y = x * rsqrt(mean(x^2) + eps) * weight",
+        "chapter 10, RMSNorm (From LayerNorm to RMSNorm)",
+    ),
 }
+
+#: The same kinds, explained for RMSNorm where LayerNorm's words do not fit.
+RMS_KINDS: dict[str, Kind] = {
+    "raises": Kind(
+        KINDS["raises"].title,
+        "accept every input torch.nn.functional.rms_norm accepts: any leading dimensions, "
+        "weight None or given, eps None or a number, float16/bfloat16/float32 inputs, "
+        "an empty batch",
+        "chapter 10, RMSNorm",
+    ),
+    "mutates_input": Kind(
+        KINDS["mutates_input"].title,
+        "work on a new tensor: y = x * rstd, not x *= rstd (or clone the input first)",
+        "chapter 10, RMSNorm",
+    ),
+    "wrong_axis": Kind(
+        "the mean of squares runs over other dimensions than the trailing normalized_shape",
+        "x.pow(2).mean(dim=tuple(range(-len(normalized_shape), 0)), keepdim=True)",
+        "chapter 1, LayerNorm from first principles (Why normalize, and over which axis)",
+    ),
+    "eps_ignored": Kind(
+        "a row of zeros gives NaN or inf: eps is not added to the mean of squares",
+        "x * rsqrt(mean(x^2) + eps): eps keeps a zero row at 0",
+        "chapter 10, RMSNorm",
+    ),
+    "eps_outside_sqrt": Kind(
+        "eps is added to the root mean square, not to the mean of squares: "
+        "x / (rms + eps)",
+        "x * rsqrt(mean(x^2) + eps), the formula of torch.nn.RMSNorm",
+        "chapter 10, RMSNorm (From LayerNorm to RMSNorm)",
+    ),
+    "eps_mismatch": Kind(
+        "eps is inside the square root, but not the eps that was passed",
+        "use the eps argument: models hard-code 1e-6 or 1e-5 where torch's default (None) is "
+        "1.19e-7; when porting weights, port the eps too",
+        "chapter 10, RMSNorm (eps=None is not 1e-6)",
+    ),
+    "low_precision_accumulation": Kind(
+        "for 16-bit inputs the mean of squares (or the scaling by it) is computed in 16 bits",
+        "compute in float32 and round once at the end: x32 = x.float(); ...; "
+        "return (x32 * rstd * weight.float()).to(x.dtype)",
+        "chapter 10, RMSNorm (The error of the mean of squares)",
+    ),
+    "affine_wrong": Kind(
+        "the weight is not applied as y = x_hat * weight",
+        "normalize first, then multiply by the weight as it is stored: (1 + weight) is right "
+        "only for a model that stores w - 1 (Gemma), not for torch.nn.RMSNorm or LLaMA",
+        "chapter 10, RMSNorm (Exercises: the (1 + weight) parameterization)",
+    ),
+    "wrong_output": Kind(
+        "the output differs from RMSNorm by more than rounding error, in a way none of the "
+        "specific detectors recognizes",
+        "compare your formula with chapter 10's, step by step, on a small input",
+        "chapter 10, RMSNorm",
+    ),
+}
+
+#: What a report says an implementation without findings computes.
+NORM_NAMES = {"layer": "LayerNorm", "rms": "RMSNorm"}
+
+
+def kind_info(kind: str, norm: str = "layer") -> Kind:
+    """What ``kind`` means for ``norm``: RMSNorm's words where they differ, else LayerNorm's."""
+    return RMS_KINDS.get(kind, KINDS[kind]) if norm == "rms" else KINDS[kind]
+
+
+def resolved_eps(eps: float | None) -> float:
+    """The eps a probe means: None is torch's RMSNorm default for the probes' dtypes (float16,
+    bfloat16 and float32, all computed in float32), float32's machine epsilon 2**-23."""
+    return 2.0**-23 if eps is None else eps
+
+
+def _eps_text(eps: float | None) -> str:
+    return "None" if eps is None else f"{eps:g}"
+
+
+def eps_probe_name(eps: float | None) -> str:
+    """The name of the eps probe called with ``eps``."""
+    return f"eps={_eps_text(eps)}"
 
 
 @dataclass(frozen=True)
@@ -152,9 +260,11 @@ class Finding:
     kind: str
     message: str
     evidence: dict = field(default_factory=dict)
+    #: "layer" or "rms": which norm's explanation of the kind to print.
+    norm: str = "layer"
 
     def __str__(self) -> str:
-        info = KINDS[self.kind]
+        info = kind_info(self.kind, self.norm)
         evidence = "; ".join(f"{k} = {_fmt(v)}" for k, v in self.evidence.items())
         parts = [
             _wrap(f"[{self.kind}] {info.title}", ""),
@@ -199,6 +309,8 @@ class Report:
     tolerance_reason: str | None = None
     #: The deciding measurement of each numerical detector that ran, by kind.
     measurements: dict[str, Measurement] = field(default_factory=dict)
+    #: "layer" (LayerNorm) or "rms" (RMSNorm): what the implementation was checked as.
+    norm: str = "layer"
 
     @property
     def ok(self) -> bool:
@@ -213,7 +325,7 @@ class Report:
     def __str__(self) -> str:
         head = f"{self.name} ({self.framework}): "
         if self.ok:
-            lines = [head + "no findings: it computes LayerNorm."]
+            lines = [head + f"no findings: it computes {NORM_NAMES[self.norm]}."]
         else:
             count = len(self.findings)
             lines = [head + f"{count} finding{'s' if count > 1 else ''}"]
@@ -283,7 +395,9 @@ class Probe:
     dtype: str = "float32"
     weight: np.ndarray | None = None
     bias: np.ndarray | None = None
-    eps: float = 1e-5
+    #: None (RMSNorm only) means torch's default, float32's machine epsilon for these probes.
+    eps: float | None = 1e-5
+    norm: str = "layer"
 
 
 @dataclass
@@ -308,9 +422,14 @@ class Call:
         if self._reference is None:
             p = self.probe
             with np.errstate(invalid="ignore", divide="ignore"):
-                self._reference = errors.reference_layer_norm(
-                    p.x, p.normalized_shape, p.weight, p.bias, p.eps
-                )
+                if p.norm == "rms":
+                    self._reference = errors.reference_rms_norm(
+                        p.x, p.normalized_shape, p.weight, resolved_eps(p.eps)
+                    )
+                else:
+                    self._reference = errors.reference_layer_norm(
+                        p.x, p.normalized_shape, p.weight, p.bias, p.eps
+                    )
         return self._reference
 
 
@@ -327,6 +446,7 @@ class Subject:
         fn: Callable | torch.nn.Module,
         framework: str,
         normalized_shape: int | Sequence[int] | None = None,
+        norm: str = "layer",
     ):
         if framework not in ("torch", "numpy"):
             raise ValueError(f"framework must be 'torch' or 'numpy', got {framework!r}")
@@ -334,20 +454,24 @@ class Subject:
             raise TypeError(f"check needs a function or an nn.Module, got {type(fn).__name__}")
         self.fn = fn
         self.framework = framework
+        self.norm = norm
         self.is_module = isinstance(fn, torch.nn.Module)
         self.name = _name_of(fn)
         if not self.is_module:
             #: Row shape of the probes; a function is also probed with other normalized_shapes.
             self.row_shape: tuple[int, ...] = (64,)
-            self.has_weight = self.has_bias = True
-            #: The eps values probed: a function must use the one it is given.
-            self.eps_values: tuple[float, ...] = (1e-5, 1e-3)
+            self.has_weight, self.has_bias = True, norm == "layer"
+            #: The eps values probed: a function must use the one it is given. The first is the
+            #: eps of every other probe; RMSNorm's None (torch's default) is probed on its own.
+            self.eps_values: tuple[float | None, ...] = (
+                (1e-5, 1e-3) if norm == "layer" else (1e-5, 1e-3, None)
+            )
             self.half_dtypes = ("float16", "bfloat16") if framework == "torch" else ("float16",)
             return
         if framework != "torch":
             raise ValueError("an nn.Module is checked with framework='torch'")
         self.has_weight = isinstance(getattr(fn, "weight", None), torch.Tensor)
-        self.has_bias = isinstance(getattr(fn, "bias", None), torch.Tensor)
+        self.has_bias = norm == "layer" and isinstance(getattr(fn, "bias", None), torch.Tensor)
         shape = normalized_shape or getattr(fn, "normalized_shape", None)
         if shape is None and self.has_weight:
             shape = tuple(fn.weight.shape)
@@ -362,8 +486,11 @@ class Subject:
                 f"rows of {int(np.prod(self.row_shape))} element normalize to 0 whatever the "
                 "formula: nothing to check"
             )
-        eps = getattr(fn, "eps", 1e-5)
-        self.eps_values = (float(eps),)
+        if norm == "rms":  # torch.nn.RMSNorm's eps (None by default), or Hugging Face's name
+            eps = getattr(fn, "eps", getattr(fn, "variance_epsilon", None))
+        else:
+            eps = getattr(fn, "eps", 1e-5)
+        self.eps_values = (None if eps is None else float(eps),)
         self.half_dtypes = ("float16", "bfloat16")
         self._copies: dict[str, torch.nn.Module] = {}
 
@@ -401,11 +528,14 @@ class Subject:
 
     def _invoke(self, probe: Probe, x: object, weight: object, bias: object) -> object:
         if not self.is_module:
+            if self.norm == "rms":
+                return self.fn(x, probe.normalized_shape, weight, probe.eps)
             return self.fn(x, probe.normalized_shape, weight, bias, probe.eps)
         module = self._module_for(probe.dtype)
         # A module computes with its own parameters: set them to the probe's (ones and
         # zeros when the probe has none), on a copy, so the reader's module is untouched.
-        for name, values, default in (("weight", probe.weight, 1.0), ("bias", probe.bias, 0.0)):
+        affine = (("weight", probe.weight, 1.0), ("bias", probe.bias, 0.0))
+        for name, values, default in affine[: 2 if self.norm == "layer" else 1]:
             param = getattr(module, name, None)
             if isinstance(param, torch.Tensor):
                 if values is None:
@@ -546,7 +676,7 @@ def layer_norm_probes(subject: Subject, half: bool, seed: int = 0) -> dict[str, 
 
     eps_rows = _scaled(_standard_rows(rng, len(EPS_PROBE_STDS), rows), np.array(EPS_PROBE_STDS))
     for value in subject.eps_values:
-        add(f"eps={value:g}", eps_rows, eps=value)
+        add(eps_probe_name(value), eps_rows, eps=value)
 
     # Each row's mean is its nominal offset times a random factor in [0.8, 1.25]: not a round
     # number, so that a computed mean carries a rounding error.
@@ -577,24 +707,33 @@ def layer_norm_probes(subject: Subject, half: bool, seed: int = 0) -> dict[str, 
 # ----------------------------------------------------------------------------------------------
 
 
-def row_statistics(x: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact (float64) centred values and biased standard deviation of each row of ``x``."""
+def row_statistics(
+    x: np.ndarray, rows: int, centre: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact (float64) centred values and biased standard deviation of each row of ``x``.
+
+    With ``centre=False`` (RMSNorm): the values as they are and each row's root mean square.
+    """
     flat = np.asarray(x, np.float64).reshape(rows, -1)
-    centred = flat - flat.mean(axis=1, keepdims=True)
+    centred = flat - flat.mean(axis=1, keepdims=True) if centre else flat
     return centred, np.sqrt((centred * centred).mean(axis=1))
 
 
-def fitted_denominator(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def fitted_denominator(
+    x: np.ndarray, y: np.ndarray, centre: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """Per row: the exact standard deviation, and the denominator ``d`` the function divided by.
 
     ``d = sum(c*c) / sum(c*y)`` with the exact centred values ``c``: the
     least-squares fit of ``y = c / d``. An error in the function's mean shifts
     every ``y`` of the row by the same amount, which ``sum(c) = 0`` cancels
     exactly; ``d`` is therefore the function's ``sqrt(var + eps)``, as it
-    computed it, to a few roundings of its output.
+    computed it, to a few roundings of its output. With ``centre=False``
+    (RMSNorm) the fit uses the values themselves, ``d = sum(x*x) / sum(x*y)``,
+    and returns each row's root mean square in place of the standard deviation.
     """
     rows = x.shape[0]
-    centred, std = row_statistics(x, rows)
+    centred, std = row_statistics(x, rows, centre)
     flat_y = np.asarray(y, np.float64).reshape(rows, -1)
     with np.errstate(invalid="ignore", divide="ignore"):
         d = (centred * centred).sum(axis=1) / (centred * flat_y).sum(axis=1)
@@ -930,17 +1069,19 @@ def eps_fit(ctx: Context, eps: float) -> dict | None:
     ``correct``, ``inside`` or ``outside`` with the estimate, ``zero`` (no row
     resolves any eps), or ``unexplained``; None when the probe has no output.
     """
-    probe = f"eps={eps:g}"
+    probe = eps_probe_name(eps)
     y = ctx.output(probe)
     if y is None or ctx.rows_unreliable:
         return None
-    std, d = fitted_denominator(ctx.calls[probe].probe.x, y)
+    std, d = fitted_denominator(ctx.calls[probe].probe.x, y, ctx.subject.norm == "layer")
     if not np.all(np.isfinite(d) & (d > 0)):
         return {"verdict": "unexplained", "eps passed": eps}
-    expected = Denominator(ctx.n, ctx.found("bessel_correction"), eps)
+    expected = Denominator(ctx.n, ctx.found("bessel_correction"), resolved_eps(eps))
     deviation = float(np.max(np.abs(d / expected(std) - 1.0)))
-    if eps == ctx.eps:
-        ctx.measure("eps", "largest |d / sqrt(var + eps) - 1|", deviation, EPS_DEVIATION)
+    if eps == ctx.eps or eps is None:  # the eps of the other probes, and RMSNorm's default
+        statistic = "var" if ctx.subject.norm == "layer" else "mean(x^2)"
+        key, value = ("eps", "eps") if eps == ctx.eps else ("eps=None", "2**-23")
+        ctx.measure(key, f"largest |d / sqrt({statistic} + {value}) - 1|", deviation, EPS_DEVIATION)
     if deviation <= EPS_DEVIATION:
         return {"verdict": "correct", "eps passed": eps}
     s = std * math.sqrt(ctx.n / (ctx.n - 1)) if expected.bessel else std  # what it takes as std
@@ -988,10 +1129,12 @@ def detect_eps_outside_sqrt(ctx: Context) -> Finding | None:
     if not outside:
         return None
     eps, fit = next(iter(outside.items()))
+    spread = "std" if ctx.subject.norm == "layer" else "rms"
     return Finding(
         "eps_outside_sqrt",
-        f"called with eps={eps:g}, it divides by std + {fit['estimated eps']:.3g}",
-        {"eps passed": eps, "estimated eps (added to std)": fit["estimated eps"]},
+        f"called with eps={_eps_text(eps)}, it divides by {spread} + {fit['estimated eps']:.3g}",
+        {"eps passed": eps, f"estimated eps (added to {spread})": fit["estimated eps"]},
+        ctx.subject.norm,
     )
 
 
@@ -1012,14 +1155,17 @@ def detect_eps_mismatch(ctx: Context) -> Finding | None:
         no_eps = fit["verdict"] == "zero" and not ctx.found("eps_ignored")
         if fit["verdict"] == "inside" or no_eps:
             wrong[eps] = fit["estimated eps"]
-    if not wrong:
+    # RMSNorm's eps=None is eps_default_mismatch's, unless an eps passed explicitly is ignored too
+    # (a hard-coded eps): then it is evidence for this finding.
+    if not any(eps is not None for eps in wrong):
         return None
-    eps, used = next(iter(wrong.items()))
+    eps, used = next((e, u) for e, u in wrong.items() if e is not None)
     used_text = f"{used:.3g}" if used > 0 else "no eps at all"
     return Finding(
         "eps_mismatch",
         f"called with eps={eps:g}, it uses {used_text} inside the square root",
-        {"eps passed -> eps used": {f"{k:g}": v for k, v in wrong.items()}},
+        {"eps passed -> eps used": {_eps_text(k): v for k, v in wrong.items()}},
+        ctx.subject.norm,
     )
 
 
@@ -1245,6 +1391,7 @@ def detect_wrong_output(ctx: Context) -> Finding | None:
         f"on ordinary rows its output is off by {units:.3g} float32 eps x max|y|; "
         "rounding stays below 5",
         {"error, eps32 x max|y|": units, "max abs error": errors.max_abs_error(y, call.reference)},
+        ctx.subject.norm,
     )
 
 
@@ -1326,10 +1473,580 @@ def tolerance(ctx: Context) -> tuple[tuple[float, float], str]:
 
 
 # ----------------------------------------------------------------------------------------------
+# RMSNorm: its probes and detectors
+# ----------------------------------------------------------------------------------------------
+
+#: Root mean squares of the 16-bit eps=None probe's rows: 16-bit eps (2**-10, 2**-7) is at
+#: least the rows' mean square, float32's 2**-23 at most 2**-13 of it.
+RMS_HALF_EPS_RMS = (2.0**-5, 2.0**-6, 2.0**-7)
+
+
+def _rms_axis_test_input(
+    rng: np.random.Generator, batch_shape: tuple[int, ...], row_shape: tuple[int, ...]
+) -> np.ndarray:
+    """An input whose every axis scales its positions alternately by 1/2 and 2.
+
+    RMSNorm over axes A leaves every A-group of its output with mean square
+    ``ms/(ms + eps)``, close to 1, and so does every superset of A. Over any
+    other set, some group holds only positions scaled by 1/2 along an axis
+    that the set does not reduce, against 2 for others: its mean square is
+    near (1/4)/2.125 = 0.12 of the average, far from 1 whatever the draw.
+    """
+    shape = (*batch_shape, *row_shape)
+    x = rng.standard_normal(shape)
+    for axis, size in enumerate(shape):
+        scales_shape = [1] * len(shape)
+        scales_shape[axis] = size
+        x = x * np.where(np.arange(size) % 2 == 0, 0.5, 2.0).reshape(scales_shape)
+    return x
+
+
+def rms_norm_probes(subject: Subject, half: bool, seed: int = 0) -> dict[str, Probe]:
+    """Every probe the RMSNorm detectors read, by name (seeded: the same inputs on every run).
+
+    Each detector's docstring says which probes it reads and why they expose its mistake.
+    """
+    rng = np.random.default_rng(seed)
+    rows = subject.row_shape
+    eps = subject.eps_values[0]
+    probes: list[Probe] = []
+
+    def add(name: str, x: np.ndarray, dtype: str = "float32", **arguments) -> None:
+        shape = arguments.pop("normalized_shape", rows)
+        arguments.setdefault("eps", eps)
+        probes.append(Probe(name, _rounded(x, dtype), shape, dtype, norm="rms", **arguments))
+
+    # Ordinary rows (means within 2 std of zero), with a weight of either sign.
+    basic = _rounded(
+        _scaled(_standard_rows(rng, 16, rows), rng.uniform(0.5, 2, 16), rng.uniform(-2, 2, 16)),
+        "float32",
+    )
+    weight = _rounded(rng.uniform(0.5, 2.0, rows) * rng.choice([-1.0, 1.0], rows), "float32")
+    w = weight if subject.has_weight else None
+    add("basic", basic, weight=w)
+    add("plain", basic)
+    if w is not None:
+        add("affine_first", basic * w)
+
+    add("rows_axes", _rms_axis_test_input(rng, (12,), rows))
+    add("batch_axes", _rms_axis_test_input(rng, (3, 5), rows))
+    if not subject.is_module:  # a normalized_shape of two dimensions
+        add("two_axes", _rms_axis_test_input(rng, (3,), (5, 16)), normalized_shape=(5, 16))
+
+    # Two rows of zeros (mean square exactly 0 by any algorithm) and two ordinary rows.
+    add("constant", np.concatenate([np.zeros((2, *rows)), _standard_rows(rng, 2, rows)]))
+
+    nan = _standard_rows(rng, 6, (int(np.prod(rows)),))
+    nan[1, 3], nan[4, 0] = np.nan, np.inf
+    add("nan", nan.reshape(6, *rows))
+
+    # Rows of mean 0 and root mean square 2**-24 ... 64 (see EPS_PROBE_STDS).
+    eps_rows = _scaled(_standard_rows(rng, len(EPS_PROBE_STDS), rows), np.array(EPS_PROBE_STDS))
+    for value in subject.eps_values:
+        add(eps_probe_name(value), eps_rows, eps=value)
+
+    # Rows whose mean is 1 to 2 standard deviations from zero, of either sign.
+    means = rng.uniform(1.0, 2.0, 16) * rng.choice([-1.0, 1.0], 16)
+    add("offset_rows", _scaled(_standard_rows(rng, 16, rows), np.ones(16), means))
+
+    add("empty", np.zeros((0, *rows)))
+
+    if half:
+        for dtype in subject.half_dtypes:
+            # The same 16-bit values computed as they are and converted to float32, without
+            # weight; then with a weight in the same 16-bit dtype, as a model.to(dtype) has.
+            z = _standard_rows(rng, 32, rows)
+            x16 = _rounded(_scaled(z, rng.uniform(0.5, 2, 32), rng.uniform(-1, 1, 32)), dtype)
+            for work in (dtype, "float32"):
+                add(f"{dtype}:{work}", x16, work)
+            w16 = _rounded(rng.uniform(0.5, 2.0, rows) * rng.choice([-1.0, 1.0], rows), dtype)
+            add(f"{dtype} weight:{dtype}", x16, dtype, weight=w16 if subject.has_weight else None)
+            if None in subject.eps_values:
+                small = np.repeat(RMS_HALF_EPS_RMS, 4)
+                x_small = _scaled(_standard_rows(rng, len(small), rows), small)
+                add(f"{dtype} eps=None:{dtype}", x_small, dtype, eps=None)
+        # Root mean square 300: every row has an element at least 300 in magnitude, whose square
+        # overflows float16 (65504); harmless in float32.
+        x_big = _rounded(_scaled(_standard_rows(rng, 8, rows), np.full(8, 300.0)), "float16")
+        for work in ("float16", "float32"):
+            add(f"float16 overflow:{work}", x_big, work)
+    return {probe.name: probe for probe in probes}
+
+
+#: Groups whose mean squares are all within this range of their median were scaled alike.
+UNIT_MEAN_SQUARE = (0.8, 1.25)
+
+
+def rms_normalization_axes(y: np.ndarray, trailing: tuple[int, ...]) -> tuple[bool, tuple | None]:
+    """Whether the output is scaled alike over exactly ``trailing`` and no smaller set.
+
+    A set of axes is *scaled alike* when the mean squares of all its groups lie
+    in [0.8, 1.25] times their median: 1 for RMSNorm, or any common factor (a
+    module's weight filled with ones is its identity only if the module
+    multiplies by the weight; Gemma's multiplies by 1 + weight, 2). Returns
+    ``(right, smallest)``: ``right`` when ``trailing`` is scaled alike and no
+    non-empty strict subset of it is; ``smallest`` the first smallest set that
+    is (None if there is none).
+    """
+    subsets = [s for r in range(1, y.ndim + 1) for s in itertools.combinations(range(y.ndim), r)]
+
+    def unit(axes: tuple[int, ...]) -> bool:
+        ms = (y * y).mean(axis=axes)
+        ms = ms / (np.median(ms) or 1.0)
+        return bool(np.all((ms >= UNIT_MEAN_SQUARE[0]) & (ms <= UNIT_MEAN_SQUARE[1])))
+
+    units = [a for a in subsets if unit(a)]
+    smallest = next((a for a in units if not any(set(b) < set(a) for b in units)), None)
+    right = trailing in units and not any(set(a) < set(trailing) for a in units)
+    return right, smallest
+
+
+def detect_rms_wrong_axis(ctx: Context) -> Finding | None:
+    """``wrong_axis`` (RMSNorm): the mean of squares runs over other axes than the trailing ones.
+
+    Input: plain 2-d rows (``rows_axes``), a 3-d input (``batch_axes``) and, for
+    a function, a 3-d input with a two-dimensional ``normalized_shape``
+    (``two_axes``); along every axis the positions are scaled alternately by
+    1/2 and 2 (:func:`_rms_axis_test_input`). Measurement: the sets of axes
+    over which every group of the output has the same mean square
+    (:func:`rms_normalization_axes`); the trailing dimensions must be one, and
+    no smaller set. Threshold: every group's mean square within [0.8, 1.25]
+    times their median. A correct output has ``ms/(ms + eps)`` over the
+    trailing axes, within 1e-3 of 1 for the probes' rows (mean square at least
+    0.02) and any eps up to 1e-5, plus float32 rounding; a wrong set leaves
+    groups near 0.12 of the others (a factor of 16 between the 1/2- and
+    2-scaled positions). When the plain 2-d rows are normalized over wrong
+    axes, the detectors on rows stand down.
+    """
+    wrong, largest = {}, 0.0
+    for probe in ("rows_axes", "batch_axes", "two_axes"):
+        y = ctx.output(probe)
+        if y is None:
+            continue
+        shape = ctx.calls[probe].probe.normalized_shape
+        trailing = tuple(range(y.ndim - len(shape), y.ndim))
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            ms = (y * y).mean(axis=trailing)
+            largest = max(largest, float(np.max(np.abs(ms / np.median(ms) - 1.0))))
+            right, smallest = rms_normalization_axes(y, trailing)
+        if not right:
+            what = f"scaled over axes {smallest}" if smallest else "scaled over no set of axes"
+            wrong[probe] = (y.shape, shape, trailing, what)
+    ctx.measure(
+        "wrong_axis",
+        "largest |mean(y^2) over the trailing axes / their median - 1|",
+        largest,
+        1 - UNIT_MEAN_SQUARE[0],
+    )
+    if not wrong:
+        return None
+    ctx.rows_unreliable = "rows_axes" in wrong
+    x_shape, shape, trailing, what = next(iter(wrong.values()))
+    return Finding(
+        "wrong_axis",
+        f"for an input of shape {x_shape} with normalized_shape={shape} it is {what}; RMSNorm "
+        f"normalizes over the trailing axes {trailing}",
+        {name: f"{w[3]}, input shape {w[0]}" for name, w in wrong.items()},
+        "rms",
+    )
+
+
+def detect_rms_eps_ignored(ctx: Context) -> Finding | None:
+    """``eps_ignored`` (RMSNorm): a row of zeros gives NaN or inf.
+
+    Input: two rows of zeros among two ordinary rows. Measurement: whether the
+    zero rows' outputs are finite. RMSNorm gives 0 * rsqrt(0 + eps) = 0; only a
+    denominator without eps gives 0/0. No rounding involved.
+    """
+    y = ctx.output("constant")
+    if y is None or ctx.rows_unreliable:
+        return None
+    bad = ~np.isfinite(y.reshape(y.shape[0], -1)[:2]).all(axis=1)
+    if not bad.any():
+        return None
+    return Finding(
+        "eps_ignored",
+        f"{int(bad.sum())} of 2 rows of zeros came out as NaN or inf: their mean square is 0, "
+        "so eps is missing from the denominator",
+        {"rows of zeros with non-finite output": int(bad.sum())},
+        "rms",
+    )
+
+
+#: Row mean of the output / row mean of RMSNorm's, at most this: the rows were centred.
+CENTRED_FRACTION = 0.1
+
+
+def detect_centres_rows(ctx: Context) -> Finding | None:
+    """``centres_rows``: the function subtracts each row's mean (a LayerNorm).
+
+    Input: rows of standard deviation 1 whose means are 1 to 2 of either sign
+    (``offset_rows``, no weight). Measurement: the largest ratio, over the
+    rows, of the output row's mean to the exact RMSNorm's, which is
+    ``mean/sqrt(mean^2 + 1) >= 0.7`` in magnitude. Threshold: 0.1. RMSNorm,
+    with any eps up to 1e-3 and 16-bit rounding, gives a ratio within 1e-2 of
+    1; a function that centres gives its rounding, below 1e-6.
+    """
+    y = ctx.output("offset_rows")
+    if y is None or ctx.rows_unreliable:
+        return None
+    call = ctx.calls["offset_rows"]
+    rows = y.shape[0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = y.reshape(rows, -1).mean(axis=1) / call.reference.reshape(rows, -1).mean(axis=1)
+    largest = float(np.max(np.abs(ratio))) if np.all(np.isfinite(ratio)) else float("inf")
+    if not ctx.measure(
+        "centres_rows", "largest row mean(y) / row mean(RMSNorm)", largest, CENTRED_FRACTION, False
+    ).flagged:
+        return None
+    return Finding(
+        "centres_rows",
+        f"on rows whose means are 1 to 2 standard deviations from zero, its output rows have "
+        f"means at most {largest:.2g} of RMSNorm's (which are at least 0.7): it subtracts the "
+        "mean",
+        {"largest output row mean / RMSNorm row mean": largest},
+        "rms",
+    )
+
+
+#: 16-bit eps=None estimates above this are a 16-bit format's own eps (2**-10, 2**-7).
+HALF_EPS_THRESHOLD = 2.0**-13
+
+
+def _half_eps_estimates(ctx: Context) -> dict[str, float]:
+    """The eps each 16-bit eps=None probe's rows show: median of ``d**2 - mean(x^2)``."""
+    estimates = {}
+    for dtype in ctx.subject.half_dtypes:
+        call = ctx.calls.get(f"{dtype} eps=None:{dtype}")
+        if call is None or call.output is None:
+            continue
+        rms, d = fitted_denominator(call.probe.x, call.output, centre=False)
+        with np.errstate(invalid="ignore"):
+            estimates[dtype] = float(np.median(d**2 - rms**2))
+    return estimates
+
+
+def detect_eps_default_mismatch(ctx: Context) -> Finding | None:
+    """``eps_default_mismatch``: called with eps=None, it does not use float32's machine epsilon.
+
+    Inputs: the float32 eps probe called with eps=None (rows of root mean
+    square 2**-24 ... 64), and for 16-bit inputs rows of root mean square
+    2**-5, 2**-6 and 2**-7 in float16 (and bfloat16) called with eps=None.
+    Measurements: in float32, :func:`eps_fit` against ``sqrt(mean(x^2) + 2**-23)``
+    (rows deviate by more than 1e-3 and ``d**2 - mean(x^2)`` agrees to 5% across
+    the rows that resolve eps: that is the eps used); in 16 bits, the median of
+    ``d**2 - mean(x^2)``. Threshold for 16 bits: 2**-13. The 16-bit output
+    rounds ``d`` by at most 2**-8 (bfloat16), so the estimate is off by at most
+    2**-7 of ``mean(x^2) + eps``: 2**-17 for the rows of mean square up to 2**-10
+    when eps is 2**-23, 16 times below the threshold, which in turn is 8 times
+    below float16's 2**-10 and 64 times below bfloat16's 2**-7 (the eps of a
+    function that resolves None by ``torch.finfo(x.dtype)``). Reported only
+    when an eps passed explicitly is used: a hard-coded eps is ``eps_mismatch``,
+    with the eps=None case in its evidence.
+    """
+    if ctx.found("eps_mismatch") or ctx.found("eps_outside_sqrt") or ctx.rows_unreliable:
+        return None
+    seen = {}
+    fit = _eps_fits(ctx).get(None)
+    if fit is not None and fit["verdict"] in ("inside", "zero") and not ctx.found("eps_ignored"):
+        seen["float32"] = fit["estimated eps"]
+    estimates = _half_eps_estimates(ctx)
+    if estimates:
+        ctx.measure(
+            "eps_default_mismatch",
+            "eps estimated for 16-bit inputs called with eps=None",
+            max(estimates.values()),
+            HALF_EPS_THRESHOLD,
+        )
+    seen.update({k: v for k, v in estimates.items() if v > HALF_EPS_THRESHOLD})
+    if not seen:
+        return None
+    used = "; ".join(f"{v:.3g} for {k} inputs" for k, v in seen.items())
+    called = "called with eps=None"
+    if ctx.subject.is_module:
+        called = "with eps=None (its eps attribute, or torch's default where it has none)"
+    return Finding(
+        "eps_default_mismatch",
+        f"{called} it uses {used}; torch.nn.functional.rms_norm uses "
+        f"{2.0**-23:.3g} (float32's machine epsilon) for float16, bfloat16 and float32 inputs",
+        {"eps used with eps=None, by input dtype": seen, "torch's": 2.0**-23},
+        "rms",
+    )
+
+
+#: More than this fraction of 16-bit outputs differing from the float32 path's rounded: a finding.
+HALF_DIFFER_FRACTION = 0.05
+
+
+def _as_dtype_bits(values: np.ndarray, dtype: str) -> torch.Tensor:
+    """``values`` rounded to the 16-bit ``dtype``, as ordered integers (neighbours differ by 1)."""
+    bits = torch.from_numpy(np.asarray(values, np.float64)).to(_TORCH_DTYPES[dtype])
+    bits = bits.view(torch.int16).to(torch.int64)
+    return torch.where(bits < 0, -(2**15) - bits, bits)
+
+
+def ulp_distance(a: np.ndarray, b: np.ndarray, dtype: str) -> np.ndarray:
+    """How many 16-bit numbers of ``dtype`` apart ``a`` and ``b`` are, once rounded to it."""
+    return (_as_dtype_bits(a, dtype) - _as_dtype_bits(b, dtype)).abs().numpy()
+
+
+def _ulps(count: int) -> str:
+    return f"{count} ulp" if count == 1 else f"{count} ulps"
+
+
+def _differ(a: np.ndarray, b: np.ndarray, dtype: str) -> tuple[float, int]:
+    """Fraction of elements of ``a`` and ``b`` that differ once rounded to ``dtype``, and the
+    largest distance in units in the last place (a non-finite mismatch counts as different)."""
+    ra, rb = _rounded(a, dtype), _rounded(b, dtype)
+    finite = np.isfinite(ra) & np.isfinite(rb)
+    mismatch = ~finite & ~((ra == rb) | (np.isnan(ra) & np.isnan(rb)))
+    distance = ulp_distance(np.where(finite, ra, 0.0), np.where(finite, rb, 0.0), dtype)
+    different = (distance > 0) | mismatch
+    return float(different.mean()) if different.size else 0.0, int(distance.max(initial=0))
+
+
+#: The RMSNorm 16-bit probes: name -> (storage dtype, what their rows are).
+RMS_HALF_PROBES = {
+    "float16": ("float16", "rms about 1"),
+    "bfloat16": ("bfloat16", "rms about 1"),
+    "float16 overflow": ("float16", "rms 300: squares above 65504"),
+}
+
+
+def detect_rms_low_precision(ctx: Context) -> Finding | None:
+    """``low_precision_accumulation`` (RMSNorm): for 16-bit inputs it computes in 16 bits.
+
+    Input: float16 (and, in torch, bfloat16) rows of root mean square 1/2 to 2,
+    and float16 rows of root mean square 300 (squares beyond 65504 overflow
+    float16), without weight, each called as they are and converted to float32
+    (the same values). Measurement: the fraction of the 16-bit outputs that
+    differ from the float32 outputs rounded to 16 bits, and by how many ulps.
+    Threshold: 5%. Computing in float32 and rounding once gives the same
+    float32 values on both paths, so the same 16-bit outputs; a function whose
+    two paths sum in different orders flips a rounding only where its float32
+    values fall within a few 2**-24 of a 16-bit rounding boundary, a fraction
+    of about 2**-12 of float16 outputs and 2**-15 of bfloat16 ones. A mean of
+    squares rounded to 16 bits (or an rstd, or the product x * rstd) moves
+    every output by a fraction of an ulp that differs from row to row: 18% to
+    51% of the outputs differ, by 1 or 2 ulps, for the 16-bit RMSNorms of
+    tests/test_diagnose_rms.py in torch and NumPy (eight seeds), 3.7 times the
+    threshold at least; overflowed squares give zeros, 100%.
+    Comparing the function with itself makes it blind to every other mistake;
+    the outputs are both rounded to 16 bits, so a float32 output is not
+    mistaken for a 16-bit computation (that is ``dtype_changed``).
+    """
+    seen, largest, measured = {}, 0.0, False
+    for name, (storage, rows) in RMS_HALF_PROBES.items():
+        low, high = ctx.calls.get(f"{name}:{storage}"), ctx.calls.get(f"{name}:float32")
+        if low is None or high is None or low.output is None or high.output is None:
+            continue
+        fraction, ulps = _differ(low.output, high.output, storage)
+        largest, measured = max(largest, fraction), True
+        if fraction > HALF_DIFFER_FRACTION:
+            seen[f"{name} ({rows})"] = {"outputs differing": fraction, "largest ulps": ulps}
+    if measured:
+        ctx.measure(
+            "low_precision_accumulation",
+            "fraction of 16-bit outputs differing from its float32 output rounded",
+            largest,
+            HALF_DIFFER_FRACTION,
+        )
+    if not seen:
+        return None
+    return Finding(
+        "low_precision_accumulation",
+        "its 16-bit outputs differ from its own float32 computation, rounded to 16 bits, in "
+        + "; ".join(
+            f"{v['outputs differing']:.0%} of the outputs (by up to {_ulps(v['largest ulps'])}) on "
+            f"{k} rows"
+            for k, v in seen.items()
+        )
+        + ". Computing in float32 and rounding once gives identical outputs",
+        {"by input": seen},
+        "rms",
+    )
+
+
+def detect_rms_affine_wrong(ctx: Context) -> Finding | None:
+    """``affine_wrong`` (RMSNorm): the weight is not applied as ``x_hat * weight``.
+
+    Input: the same rows with a weight (entries of either sign, 0.5 <= |w| <=
+    2), without it, and without it on ``x * weight``. Measurement: the output
+    with weight against candidates built from the function's own plain
+    output ``p``: ``p*w`` (correct), ``p`` (weight ignored), ``p*(1 + w)``
+    (Gemma's parameterization, where ``w`` stores weight - 1), and the plain
+    output for ``x * w`` (applied before normalizing). Threshold: a candidate
+    matches within 1e-4 max|y|. The candidates differ by order one, rounding
+    by a few 1e-7. A module's plain output is computed with its weight filled
+    with ones, which a (1 + weight) module multiplies by 2: its candidate is
+    then ``p*(1 + w)/2``.
+    """
+    mine, plain = ctx.output("basic"), ctx.output("plain")
+    call = ctx.calls["basic"]
+    if mine is None or plain is None or call.probe.weight is None:
+        return None
+    w = call.probe.weight
+    plain_one_plus = 2.0 if ctx.subject.is_module else 1.0  # 1 + the weight of the plain probe
+    candidates = {
+        "correct": plain * w,
+        "the weight ignored": plain,
+        "the weight applied as (1 + weight)": plain * (1.0 + w) / plain_one_plus,
+    }
+    if ctx.output("affine_first") is not None:
+        candidates["the weight applied before normalizing"] = ctx.output("affine_first")
+    scale = float(np.max(np.abs(mine[np.isfinite(mine)]), initial=0.0)) or 1.0
+    with np.errstate(invalid="ignore"):
+        distance = {k: float(np.max(np.abs(mine - c))) / scale for k, c in candidates.items()}
+    if not ctx.measure(
+        "affine_wrong", "distance to x_hat*w / max|y|", distance["correct"], AFFINE_MATCH
+    ).flagged:
+        return None
+    matches = [k for k, v in distance.items() if v <= AFFINE_MATCH]
+    what = matches[0] if matches else "the weight applied in some other way"
+    note = (
+        " (right only where the stored weight is w - 1, as in Gemma; torch.nn.RMSNorm and "
+        "LLaMA multiply by the weight itself)"
+        if what == "the weight applied as (1 + weight)"
+        else ""
+    )
+    return Finding(
+        "affine_wrong",
+        f"{what}{note}",
+        {"distance to x_hat*w, fraction of max|y|": distance["correct"], "matches": what},
+        "rms",
+    )
+
+
+#: Fraction of outputs differing from multiply-first above which cast-first is suspected ...
+CAST_ORDER_FRACTION = 0.10
+#: ... provided the outputs match cast-first except for at most this fraction.
+CAST_FIRST_MATCH = 0.02
+
+
+def detect_cast_order(ctx: Context) -> Finding | None:
+    """``cast_order``: for 16-bit input and weight, it rounds ``x_hat`` to 16 bits, then multiplies.
+
+    Input: float16 (and, in torch, bfloat16) rows of root mean square 1/2 to 2
+    with a weight of the same 16-bit dtype (0.5 <= |w| <= 2, either sign), as a
+    model converted with ``.to(dtype)`` has. Measurement: from the function's
+    own float32 output ``p`` without weight (the same values), torch's order
+    ``round16(p * w)`` (multiply in float32, round once) and the cast-first
+    order ``round16(round16(p) * w)``; the fraction of the function's outputs
+    that differ from each. Threshold: more than 10% differ from multiply-first
+    and at most 2% from cast-first. The two orders differ in a quarter of the
+    outputs, each by one ulp (chapter 10 predicts 26% and measures 20% to 32%);
+    a function that multiplies first differs from multiply-first only where
+    its 16-bit path's float32 values differ from its float32 path's, a
+    fraction below 2**-12 (see ``low_precision_accumulation``). Stands down
+    when the statistics are already in 16 bits (which also rounds before the
+    weight) or the weight is applied wrongly.
+    """
+    if ctx.found("low_precision_accumulation") or ctx.found("affine_wrong"):
+        return None
+    seen, largest = {}, 0.0
+    for dtype in ctx.subject.half_dtypes:
+        mine, plain = ctx.calls.get(f"{dtype} weight:{dtype}"), ctx.calls.get(f"{dtype}:float32")
+        if mine is None or plain is None or mine.output is None or plain.output is None:
+            continue
+        if mine.probe.weight is None:
+            continue
+        p = torch.from_numpy(plain.output).float()
+        w = torch.from_numpy(mine.probe.weight).float()
+        half = _TORCH_DTYPES[dtype]
+        multiply_first = (p * w).to(half).double().numpy()
+        cast_first = (p.to(half).float() * w).to(half).double().numpy()
+        differ_multiply, ulps = _differ(mine.output, multiply_first, dtype)
+        differ_cast, _ = _differ(mine.output, cast_first, dtype)
+        largest = max(largest, differ_multiply)
+        if differ_multiply > CAST_ORDER_FRACTION and differ_cast <= CAST_FIRST_MATCH:
+            seen[dtype] = {
+                "outputs differing from multiply-first": differ_multiply,
+                "largest ulps": ulps,
+                "outputs differing from cast-first": differ_cast,
+            }
+    ctx.measure(
+        "cast_order",
+        "fraction of 16-bit outputs differing from round16(x_hat * weight)",
+        largest,
+        CAST_ORDER_FRACTION,
+    )
+    if not seen:
+        return None
+    dtype = "bfloat16" if "bfloat16" in seen else next(iter(seen))  # a bfloat16 model's case first
+    v = seen[dtype]
+    return Finding(
+        "cast_order",
+        f"with {dtype} input and weight, {v['outputs differing from multiply-first']:.0%} of its "
+        f"outputs differ from torch's order (multiply in float32, round once), by up to "
+        f"{_ulps(v['largest ulps'])}; they match round16(round16(x_hat) * weight) "
+        f"(differing in {v['outputs differing from cast-first']:.1%})",
+        {"by dtype": seen},
+        "rms",
+    )
+
+
+#: The RMSNorm detectors, in the order they run.
+RMS_NORM_DETECTORS: tuple[Callable[[Context], Finding | None], ...] = (
+    detect_raises,
+    detect_dtype_changed,
+    detect_mutates_input,
+    detect_rms_wrong_axis,
+    detect_rms_eps_ignored,
+    detect_nan_spreads,
+    detect_centres_rows,
+    detect_eps_outside_sqrt,
+    detect_eps_mismatch,
+    detect_eps_default_mismatch,
+    detect_rms_low_precision,
+    detect_rms_affine_wrong,
+    detect_cast_order,
+    detect_wrong_output,
+)
+
+#: A float32 RMSNorm's error bound in float32 eps x max|y| (chapter 10 measures torch and lnorm
+#: within it for rows of 4096).
+RMS_TOLERANCE_BOUND = 2.5
+
+
+def rms_tolerance(ctx: Context) -> tuple[tuple[float, float], str]:
+    """``(rtol, atol)`` for comparing the function's float32 RMSNorm output with torch's, and why.
+
+    Chapter 10: a float32 RMSNorm has no cancellation; its error stays within
+    2.5 float32 eps times max|y| whatever the rows' mean (torch's kernel and
+    lnorm's measured at N = 4096). Two implementations may differ by the sum
+    of their bounds; the function's bound is 2.5 unless its measured error on
+    the ordinary and offset rows is larger, then that scaled up to a power of
+    two. ``atol = (E_fn + E_torch) eps32 * 5`` for outputs up to 5 in magnitude,
+    ``rtol = 0`` as for LayerNorm (scale atol with max|y|/5).
+    """
+    eps32 = float(np.finfo(np.float32).eps)
+    measured = [
+        errors.eps_units(c.output.astype(np.float32), c.reference)
+        for c in (ctx.calls.get("basic"), ctx.calls.get("offset_rows"))
+        if c is not None and c.output is not None and np.all(np.isfinite(c.output))
+    ]
+    excess = max(measured, default=0.0) / RMS_TOLERANCE_BOUND
+    fn_bound = RMS_TOLERANCE_BOUND * 2.0 ** max(0, math.ceil(math.log2(max(excess, 1e-9))))
+    atol = (fn_bound + RMS_TOLERANCE_BOUND) * eps32 * TOLERANCE_MAX_OUTPUT
+    eps = ctx.eps
+    reason = (
+        f"its measured float32 error is {max(measured, default=float('nan')):.2g} float32 eps x "
+        f"max|y|; its bound ({fn_bound:g}) plus torch's ({RMS_TOLERANCE_BOUND:g}) for outputs "
+        f"|y| <= {TOLERANCE_MAX_OUTPUT:g}, at any mean (RMSNorm has no cancellation), with the "
+        f"same eps on both sides (it used {_eps_text(eps)}"
+        + (", torch's default" if eps is None else "")
+        + ")"
+    )
+    return (0.0, float(f"{atol:.2g}")), reason
+
+
+# ----------------------------------------------------------------------------------------------
 # The entry point
 # ----------------------------------------------------------------------------------------------
 
-_DETECTORS = {"layer": LAYER_NORM_DETECTORS}
+_DETECTORS = {"layer": LAYER_NORM_DETECTORS, "rms": RMS_NORM_DETECTORS}
+_PROBES = {"layer": layer_norm_probes, "rms": rms_norm_probes}
+_TOLERANCES = {"layer": tolerance, "rms": rms_tolerance}
 
 
 def check(
@@ -1342,7 +2059,8 @@ def check(
     name: str | None = None,
     seed: int = 0,
 ) -> Report:
-    """Check a LayerNorm implementation and report every mistake found, with evidence and a fix.
+    """Check a LayerNorm (or RMSNorm) implementation and report every mistake found, with evidence
+    and a fix.
 
     ``fn`` has the signature of ``torch.nn.functional.layer_norm``,
     ``fn(x, normalized_shape, weight=None, bias=None, eps=1e-5)``, on torch
@@ -1355,22 +2073,32 @@ def check(
     the float16/bfloat16 probes, for an implementation meant for float32 only.
     The reader's arrays are never the checker's references: ``fn`` gets copies.
     The probes are seeded with ``seed``: the same inputs, and the same report, on every run.
+
+    ``norm="rms"`` checks an RMSNorm: ``fn`` has the signature of
+    ``torch.nn.functional.rms_norm``, ``fn(x, normalized_shape, weight=None,
+    eps=None)``, and is called with eps 1e-5, 1e-3 and None (torch's default,
+    float32's machine epsilon for 16- and 32-bit inputs); or it is an
+    ``nn.Module`` (``torch.nn.RMSNorm``, a model's class) whose ``weight`` and
+    ``eps`` (or Hugging Face's ``variance_epsilon``; None when it has neither)
+    are used. Its detectors are :data:`RMS_NORM_DETECTORS`.
     """
     if norm not in _DETECTORS:
-        raise NotImplementedError(f"check knows norm='layer' only, got norm={norm!r}")
-    subject = Subject(fn, framework, normalized_shape)
+        raise NotImplementedError(f"check knows norm='layer' and norm='rms', got norm={norm!r}")
+    subject = Subject(fn, framework, normalized_shape, norm)
     if name is not None:
         subject.name = name
-    probes = layer_norm_probes(subject, half, seed)
+    probes = _PROBES[norm](subject, half, seed)
     ctx = Context(subject, {name: subject.call(probe) for name, probe in probes.items()})
     for detector in _DETECTORS[norm]:
         finding = detector(ctx)
         if finding is not None:
-            ctx.findings.append(finding)
+            ctx.findings.append(dataclasses.replace(finding, norm=norm))
     if ctx.findings:
-        return Report(subject.name, framework, tuple(ctx.findings), None, None, ctx.measurements)
-    rtol_atol, reason = tolerance(ctx)
-    return Report(subject.name, framework, (), rtol_atol, reason, ctx.measurements)
+        return Report(
+            subject.name, framework, tuple(ctx.findings), None, None, ctx.measurements, norm
+        )
+    rtol_atol, reason = _TOLERANCES[norm](ctx)
+    return Report(subject.name, framework, (), rtol_atol, reason, ctx.measurements, norm)
 
 
 def load(target: str) -> Callable:
@@ -1397,18 +2125,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m lnorm.diagnose",
         description="Check a LayerNorm implementation with the signature of "
-        "torch.nn.functional.layer_norm (or an nn.Module instance) and report its mistakes. "
+        "torch.nn.functional.layer_norm (or, with --rms, an RMSNorm with the signature of "
+        "torch.nn.functional.rms_norm), or an nn.Module instance, and report its mistakes. "
         "Exit status: 0 without findings, 1 with findings, 2 for a usage error.",
     )
     parser.add_argument("target", help="path/to/file.py:function (or :module_instance)")
     parser.add_argument("--numpy", action="store_true", help="the function takes NumPy arrays")
     parser.add_argument("--no-half", action="store_true", help="skip the float16/bfloat16 probes")
+    parser.add_argument(
+        "--rms",
+        action="store_true",
+        help="check an RMSNorm: fn(x, normalized_shape, weight=None, eps=None)",
+    )
     args = parser.parse_args(argv)
     try:
         fn = load(args.target)
     except ValueError as error:
         parser.error(str(error))
-    report = check(fn, "numpy" if args.numpy else "torch", half=not args.no_half, name=args.target)
+    report = check(
+        fn,
+        "numpy" if args.numpy else "torch",
+        norm="rms" if args.rms else "layer",
+        half=not args.no_half,
+        name=args.target,
+    )
     print(report)
     return 0 if report.ok else 1
 

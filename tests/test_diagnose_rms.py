@@ -1,0 +1,384 @@
+"""lnorm.diagnose.check(fn, norm="rms"): every RMSNorm finding kind on an implementation with
+exactly that bug, in torch and NumPy, and no finding on correct implementations.
+
+The hand-written implementations below are one RMSNorm, written once against a few array
+operations (:class:`Ops`) so that each bug exists in both frameworks in the same words.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import lnorm.numpy
+import lnorm.torch
+from lnorm import diagnose
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+FLOAT32_EPS = 2.0**-23
+
+
+class Ops:
+    """The operations a hand-written RMSNorm uses, in torch or in NumPy."""
+
+    def __init__(self, framework: str):
+        self.torch = framework == "torch"
+
+    def mean(self, x, dims):
+        return x.mean(dim=dims, keepdim=True) if self.torch else x.mean(axis=dims, keepdims=True)
+
+    def rsqrt(self, x):
+        return torch.rsqrt(x) if self.torch else 1 / np.sqrt(x)
+
+    def sqrt(self, x):
+        return torch.sqrt(x) if self.torch else np.sqrt(x)
+
+    def float32(self, x):
+        return x.float() if self.torch else x.astype(np.float32)
+
+    def cast(self, x, like):
+        return x.to(like.dtype) if self.torch else x.astype(like.dtype)
+
+    def machine_eps(self, x) -> float:
+        return float(torch.finfo(x.dtype).eps if self.torch else np.finfo(x.dtype).eps)
+
+    def largest_magnitude(self, x) -> float:
+        if (x.numel() if self.torch else x.size) == 0:
+            return 1.0
+        return float(x.abs().max()) if self.torch else float(np.max(np.abs(x)))
+
+    def zero_(self, x) -> None:
+        x[...] = 0
+
+
+def hand_written_rms(bug: str = "none", framework: str = "torch") -> Callable:
+    """A plain RMSNorm computed in float32, with the one mistake named by ``bug``."""
+    ops = Ops(framework)
+
+    def rms_norm(x, normalized_shape, weight=None, eps=None):
+        shape = (normalized_shape,) if isinstance(normalized_shape, int) else normalized_shape
+        dims = tuple(range(-len(shape), 0))
+        if bug == "channels_axis" and x.ndim == 3:  # a port from a channels-first layout
+            dims = (1,)
+        if bug == "batch_axis":
+            dims = (0,)
+        if bug == "last_axis_only":
+            dims = (-1,)
+        if bug == "only_2d" and x.ndim != 2:
+            raise ValueError("expected a 2-d input")
+        if eps is None and bug != "none_crashes":  # torch's default
+            eps = {"default_1e-6": 1e-6, "dtype_eps": ops.machine_eps(x)}.get(bug, FLOAT32_EPS)
+        if bug == "hard_coded_1e-6":
+            eps = 1e-6
+        work = x if bug == "sixteen_bit" else ops.float32(x)
+        if bug == "batch_scale":  # "scale the batch by a power of two against overflow"
+            largest = ops.largest_magnitude(work)
+            if not math.isfinite(largest):  # a NaN or inf anywhere: NaN everywhere
+                scale = math.nan
+            else:
+                scale = 2.0 ** -math.ceil(math.log2(largest)) if largest > 0 else 1.0
+            work, eps = work * scale, eps * scale * scale  # exact: RMSNorm is scale-invariant
+        if bug == "weight_first" and weight is not None:
+            work = work * ops.float32(weight)
+        if bug == "centres":  # a LayerNorm
+            work = work - ops.mean(work, dims)
+        mean_square = ops.mean(work * work, dims)
+        if bug == "eps_outside":
+            y = work / (ops.sqrt(mean_square) + eps)
+        elif bug == "no_eps":
+            y = work * ops.rsqrt(mean_square)
+        else:
+            y = work * ops.rsqrt(mean_square + eps)
+        if bug == "scaled":
+            y = y * 0.999
+        if weight is not None and bug not in ("weight_ignored", "weight_first"):
+            if bug == "cast_first":  # LLaMA's order: round x_hat to 16 bits, then multiply
+                y = ops.cast(y, x) * weight
+            elif bug == "one_plus_weight":
+                y = y * (1.0 + ops.float32(weight))
+            else:
+                y = y * (weight if bug == "sixteen_bit" else ops.float32(weight))
+        if bug == "mutates":
+            ops.zero_(x)
+        return y if bug == "float32_out" else ops.cast(y, x)
+
+    rms_norm.__name__ = f"{framework}_{bug}"
+    return rms_norm
+
+
+class HandWrittenRMSModule(torch.nn.Module):
+    """A reader's RMSNorm module: torch.nn.RMSNorm's attributes, the hand-written formula."""
+
+    def __init__(self, n: int, bug: str = "none", eps: float | None = None):
+        super().__init__()
+        self.normalized_shape = (n,)
+        self.eps = eps
+        self.weight = torch.nn.Parameter(torch.ones(n))
+        self.formula = hand_written_rms(bug, "torch")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.formula(x, self.normalized_shape, self.weight, self.eps)
+
+
+class LlamaRMSNorm(torch.nn.Module):
+    """The RMSNorm of Hugging Face's LLaMA, as it is written there: eps in ``variance_epsilon``,
+    normalized in float32, cast to the input's dtype, then multiplied by the weight."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        input_dtype = hidden_states.dtype
+        hidden_states = hidden_states.to(torch.float32)
+        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
+        return self.weight * hidden_states.to(input_dtype)
+
+
+class T5LayerNorm(torch.nn.Module):
+    """T5's RMSNorm (named LayerNorm there): a 16-bit weight's dtype first, then the product."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        variance = hidden_states.to(torch.float32).pow(2).mean(-1, keepdim=True)
+        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
+        if self.weight.dtype in [torch.float16, torch.bfloat16]:
+            hidden_states = hidden_states.to(self.weight.dtype)
+        return self.weight * hidden_states
+
+
+class GemmaRMSNorm(torch.nn.Module):
+    """Gemma's RMSNorm: the weight is stored as w - 1 and applied as (1 + weight) in float32."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = torch.nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        output = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (output * (1.0 + self.weight.float())).type_as(x)
+
+
+CORRECT = {
+    "F.rms_norm": (F.rms_norm, "torch"),
+    "nn.RMSNorm(64)": (torch.nn.RMSNorm(64), "torch"),
+    "nn.RMSNorm(64, eps=1e-6)": (torch.nn.RMSNorm(64, eps=1e-6), "torch"),
+    "nn.RMSNorm((4, 24))": (torch.nn.RMSNorm((4, 24)), "torch"),
+    "nn.RMSNorm(32), no affine": (torch.nn.RMSNorm(32, elementwise_affine=False), "torch"),
+    "nn.RMSNorm(48).half()": (torch.nn.RMSNorm(48).half(), "torch"),
+    "lnorm.torch": (lnorm.torch.rms_norm, "torch"),
+    "lnorm.numpy": (lnorm.numpy.rms_norm, "numpy"),
+    "hand-written, torch": (hand_written_rms("none", "torch"), "torch"),
+    "hand-written, numpy": (hand_written_rms("none", "numpy"), "numpy"),
+    "hand-written module": (HandWrittenRMSModule(96), "torch"),
+    "hand-written module, eps=1e-6": (HandWrittenRMSModule(96, eps=1e-6), "torch"),
+}
+if importlib.util.find_spec("triton") is not None:  # Linux only; conftest.py set its interpreter
+    import lnorm.triton
+
+    if hasattr(lnorm.triton, "rms_norm"):  # not every branch has the Triton RMSNorm yet
+        CORRECT["lnorm.triton"] = (lnorm.triton.rms_norm, "torch")
+
+
+@pytest.mark.parametrize("name", sorted(CORRECT))
+def test_correct_implementations_have_no_finding(name: str) -> None:
+    fn, framework = CORRECT[name]
+    report = diagnose.check(fn, framework, norm="rms")
+    assert report.ok, str(report)
+    rtol, atol = report.tolerance
+    assert rtol == 0 and 1e-6 < atol < 1e-4
+    assert "no findings: it computes RMSNorm" in str(report)
+
+
+@pytest.mark.parametrize("seed", range(1, 6))
+@pytest.mark.parametrize("framework", ["torch", "numpy"])
+def test_no_false_alarm_on_other_inputs(seed: int, framework: str) -> None:
+    """Other seeds draw other probes: a correct float32 RMSNorm is never flagged."""
+    assert diagnose.check(hand_written_rms("none", framework), framework, norm="rms", seed=seed).ok
+    if framework == "torch":
+        for fn in (F.rms_norm, lnorm.torch.rms_norm, torch.nn.RMSNorm(64)):
+            report = diagnose.check(fn, norm="rms", seed=seed)
+            assert report.ok, str(report)
+    else:
+        assert diagnose.check(lnorm.numpy.rms_norm, "numpy", norm="rms", seed=seed).ok
+
+
+#: Each bug and the one kind it must be reported as.
+SINGLE_BUGS = {
+    "hard_coded_1e-6": "eps_mismatch",
+    "default_1e-6": "eps_default_mismatch",
+    "dtype_eps": "eps_default_mismatch",
+    "eps_outside": "eps_outside_sqrt",
+    "no_eps": "eps_ignored",
+    "channels_axis": "wrong_axis",
+    "batch_axis": "wrong_axis",
+    "last_axis_only": "wrong_axis",
+    "weight_ignored": "affine_wrong",
+    "one_plus_weight": "affine_wrong",
+    "weight_first": "affine_wrong",
+    "sixteen_bit": "low_precision_accumulation",
+    "cast_first": "cast_order",
+    "centres": "centres_rows",
+    "mutates": "mutates_input",
+    "float32_out": "dtype_changed",
+    "batch_scale": "nan_spreads",
+    "only_2d": "raises",
+    "none_crashes": "raises",
+    "scaled": "wrong_output",
+}
+
+
+@pytest.mark.parametrize("framework", ["torch", "numpy"])
+@pytest.mark.parametrize("bug", sorted(SINGLE_BUGS))
+def test_a_single_bug_is_reported_as_its_kind_alone(bug: str, framework: str) -> None:
+    report = diagnose.check(hand_written_rms(bug, framework), framework, norm="rms")
+    assert report.kinds == [SINGLE_BUGS[bug]], str(report)
+    assert report.tolerance is None and not report.ok
+    assert f"[{SINGLE_BUGS[bug]}]" in str(report)
+
+
+@pytest.mark.parametrize(
+    "module, kind",
+    [
+        (LlamaRMSNorm(64), "cast_order"),
+        (T5LayerNorm(64), "cast_order"),
+        (GemmaRMSNorm(64), "affine_wrong"),
+        (HandWrittenRMSModule(96, "default_1e-6"), "eps_default_mismatch"),
+        (HandWrittenRMSModule(96, "sixteen_bit"), "low_precision_accumulation"),
+        (HandWrittenRMSModule(96, "centres"), "centres_rows"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else type(v).__name__,
+)
+def test_a_module_with_a_bug(module: torch.nn.Module, kind: str) -> None:
+    assert diagnose.check(module, norm="rms").kinds == [kind]
+
+
+def test_llama_module_reads_variance_epsilon() -> None:
+    """LLaMA's 1e-6 is its own eps, not a mismatch: only the cast order is reported."""
+    report = diagnose.check(LlamaRMSNorm(64, eps=1e-6), norm="rms")
+    assert report.kinds == ["cast_order"]
+    evidence = report.findings[0].evidence["by dtype"]["bfloat16"]
+    # chapter 10: a quarter of the outputs differ, each by one ulp; they match cast-first
+    assert 0.15 < evidence["outputs differing from multiply-first"] < 0.40
+    assert evidence["largest ulps"] == 1
+    assert evidence["outputs differing from cast-first"] <= diagnose.CAST_FIRST_MATCH
+
+
+def test_eps_evidence_estimates_the_eps_used() -> None:
+    default = diagnose.check(hand_written_rms("default_1e-6"), norm="rms").findings[0]
+    assert default.evidence["eps used with eps=None, by input dtype"]["float32"] == pytest.approx(
+        1e-6, rel=1e-2
+    )
+    own = diagnose.check(hand_written_rms("dtype_eps"), norm="rms").findings[0]
+    used = own.evidence["eps used with eps=None, by input dtype"]
+    assert "float32" not in used  # float32's own eps is torch's
+    assert used["float16"] == pytest.approx(2.0**-10, rel=1e-2)
+    assert used["bfloat16"] == pytest.approx(2.0**-7, rel=1e-2)
+    hard = diagnose.check(hand_written_rms("hard_coded_1e-6"), norm="rms").findings[0]
+    assert hard.evidence["eps passed -> eps used"] == pytest.approx(
+        {"1e-05": 1e-6, "0.001": 1e-6, "None": 1e-6}, rel=1e-2
+    )
+
+
+def test_affine_wrong_says_which() -> None:
+    one_plus = diagnose.check(hand_written_rms("one_plus_weight"), norm="rms").findings[0]
+    assert "(1 + weight)" in one_plus.message
+    ignored = diagnose.check(hand_written_rms("weight_ignored"), norm="rms").findings[0]
+    assert "weight ignored" in ignored.message
+
+
+def test_low_precision_evidence() -> None:
+    evidence = diagnose.check(hand_written_rms("sixteen_bit"), norm="rms").findings[0].evidence
+    overflow = evidence["by input"]["float16 overflow (rms 300: squares above 65504)"]
+    assert overflow["outputs differing"] == 1.0
+
+
+def test_the_checker_never_changes_the_readers_module() -> None:
+    module = torch.nn.RMSNorm(16)
+    with torch.no_grad():
+        module.weight.fill_(3.0)
+    state = {k: v.clone() for k, v in module.state_dict().items()}
+    assert diagnose.check(module, norm="rms").ok
+    assert all(torch.equal(state[k], v) for k, v in module.state_dict().items())
+    assert module.weight.dtype == torch.float32
+
+
+def test_check_is_fast() -> None:
+    """Under 2 s per implementation on one core; a few hundredths of a second in fact."""
+    import time
+
+    for fn, framework in (
+        (F.rms_norm, "torch"),
+        (hand_written_rms("sixteen_bit"), "torch"),
+        (hand_written_rms("none", "numpy"), "numpy"),
+    ):
+        start = time.perf_counter()
+        diagnose.check(fn, framework, norm="rms")
+        assert time.perf_counter() - start < 2.0
+
+
+def _run_cli(tmp_path: Path, source: str, *arguments: str) -> subprocess.CompletedProcess:
+    path = tmp_path / "mine.py"
+    path.write_text(textwrap.dedent(source))
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    return subprocess.run(
+        [sys.executable, "-m", "lnorm.diagnose", f"{path}:rms_norm", "--rms", *arguments],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+
+
+def test_cli_rms(tmp_path: Path) -> None:
+    correct = _run_cli(
+        tmp_path,
+        """
+        import numpy as np
+
+        def rms_norm(x, normalized_shape, weight=None, eps=None):
+            axes = tuple(range(-len(normalized_shape), 0))
+            eps = np.finfo(np.float32).eps if eps is None else eps
+            x32 = x.astype(np.float32)
+            y = x32 / np.sqrt((x32 * x32).mean(axis=axes, keepdims=True) + eps)
+            if weight is not None:
+                y = y * weight.astype(np.float32)
+            return y.astype(x.dtype)
+        """,
+        "--numpy",
+    )
+    assert correct.returncode == 0, correct.stdout + correct.stderr
+    assert "no findings: it computes RMSNorm" in correct.stdout
+
+    model_code = _run_cli(
+        tmp_path,
+        """
+        import torch
+
+        def rms_norm(x, normalized_shape, weight=None, eps=None):
+            x32 = x.float()
+            x_hat = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + 1e-6)
+            return x_hat.to(x.dtype) if weight is None else weight * x_hat.to(x.dtype)
+        """,
+    )
+    assert model_code.returncode == 1, model_code.stdout + model_code.stderr
+    assert "[eps_mismatch]" in model_code.stdout and "[cast_order]" in model_code.stdout

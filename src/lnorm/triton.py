@@ -1,8 +1,10 @@
-"""LayerNorm in Triton: forward and backward kernels behind a ``torch.autograd.Function``.
+"""LayerNorm and RMSNorm in Triton: forward and backward kernels behind ``torch.autograd.Function``s.
 
-Same signature, semantics, errors and dtype rules as :mod:`lnorm.torch`; the
-algorithm is the shifted two-pass of :mod:`lnorm.moments` and the backward
-formula that of :mod:`lnorm.gradients`, written as GPU kernels.
+Same signatures, semantics, errors and dtype rules as :mod:`lnorm.torch`
+(``layer_norm``, ``rms_norm``); the algorithms are those of :mod:`lnorm.moments`
+(the shifted two-pass; RMSNorm's mean of squares) and the backward formulas
+those of :mod:`lnorm.gradients`, written as GPU kernels. The two norms share
+the tiling, the backward pass's programs and its parameter-gradient sums.
 
 How the work is shared (``tiling``): rows of up to 16384 elements are held in
 registers, several short rows per program as one ``[BLOCK_M, BLOCK_N]`` tile;
@@ -17,7 +19,8 @@ Where it runs:
 
 - on a CUDA tensor, compiled for the GPU;
 - on a CPU tensor, through Triton's interpreter, which runs each program of the
-  kernel in NumPy: correct but slow, for testing and reading. It must be
+  kernel in NumPy: correct but slow, for testing and reading. (Its conversion of
+  float32 to bfloat16 truncates; ``_rounded_to`` rounds to nearest there, as a GPU does.) It must be
   switched on *before* this module is imported, because ``triton.jit`` decides
   at decoration time: ``TRITON_INTERPRET=1 python ...``, or set
   ``os.environ["TRITON_INTERPRET"] = "1"`` before ``import lnorm.triton``.

@@ -588,3 +588,17 @@ def test_triton_a_strided_input_is_read_in_place(monkeypatch: pytest.MonkeyPatch
         lnorm.triton.rms_norm(x, 40, weight), F.rms_norm(x, (40,), weight, 2.0**-52)
     )
     assert seen == [True]
+
+
+@needs_triton
+def test_triton_bfloat16_outputs_are_rounded_to_nearest_even() -> None:
+    # Rows of +-1 with eps = 0: rstd = 1 and y = +-weight exactly in float32, so the bfloat16
+    # output is the rounding of the float32 weight alone, to nearest, ties to even, as torch (and a
+    # GPU) round; Triton's interpreter would truncate it, were it not for lnorm.triton._rounded_to.
+    generator = torch.Generator().manual_seed(6)
+    weight = torch.randn(64, generator=generator) * 3
+    weight[:4] = torch.tensor([1 + 2.0**-8, 1 + 3 * 2.0**-8, -(1 + 2.0**-8), -(1 + 3 * 2.0**-8)])
+    x = (torch.randint(0, 2, (5, 64), generator=generator) * 2 - 1).to(torch.bfloat16)
+    y = lnorm.triton.rms_norm(x, 64, weight, 0.0)
+    assert torch.equal(y, (x.float() * weight).to(torch.bfloat16))
+    assert torch.equal(y[0, :4].abs().float(), torch.tensor([1.0, 1 + 2.0**-6] * 2))

@@ -65,8 +65,18 @@ def test_gpu_benchmark_code_runs_on_the_interpreter(tmp_path) -> None:
         time_ms=wall_clock_ms,
         peak_gbs=100.0,
     )
-    assert len(results) == 2 * 2 * 2  # dtypes x implementations x passes
+    assert len(results) == 2 * 4 * 2  # dtypes x implementations x passes
     assert {r["pass_"] for r in results} == {"forward", "forward+backward"}
+    assert {(r["implementation"], r["norm"]) for r in results} == {
+        ("torch.nn.functional", "layer_norm"),
+        ("lnorm.triton", "layer_norm"),
+        ("torch.nn.functional.rms_norm", "rms_norm"),
+        ("lnorm.triton.rms_norm", "rms_norm"),
+    }
+    for r in results:  # each norm against torch's kernel for it, and against F.layer_norm
+        assert r["speedup_vs_torch"] > 0 and r["speedup_vs_torch_layer_norm"] > 0
+        if r["implementation"].startswith("torch.nn.functional"):
+            assert r["speedup_vs_torch"] == 1.0
     assert all(
         r["bytes"]
         == (2 if r["pass_"] == "forward" else 5) * 4 * 8 * (2 if r["dtype"] == "float16" else 4)

@@ -20,6 +20,9 @@ pytest.importorskip("triton", reason=NO_TRITON)
 
 import lnorm.ptx
 
+#: The kernels that read and write rows (the column sums read the partial buffers).
+ROW_KERNELS = ("forward", "backward", "rms_forward", "rms_backward")
+
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
@@ -51,6 +54,8 @@ def test_every_dispatched_kernel_is_compiled_for_every_case(compiled: list[dict]
         "backward",
         "column_sum_dweight",
         "column_sum_dbias",
+        "rms_forward",
+        "rms_backward",  # RMSNorm's column sum is column_sum_dweight, compiled once
     }
 
 
@@ -61,7 +66,7 @@ def test_no_kernel_spills_registers(compiled: list[dict]) -> None:
 def test_rows_are_read_and_written_128_bits_at_a_time(compiled: list[dict]) -> None:
     # every N of the check is a multiple of 8: one 128-bit access holds 8 16-bit or 4 32-bit values
     for r in compiled:
-        if r["kernel"] in ("forward", "backward"):
+        if r["kernel"] in ROW_KERNELS:
             assert int(r["row_length"]) % 8 == 0
             assert (r["widest_load_bits"], r["widest_store_bits"]) == ("128", "128"), r
 
@@ -95,7 +100,7 @@ for dtype in (torch.float32, torch.float64):
         for launch in lnorm.ptx.dispatched_launches(dtype, n, rows):
             compiled = lnorm.ptx.inspect_launch(launch, dtype, n)
             assert compiled.spill_bytes == 0, compiled
-            if n % 8 == 0 and launch.name in ("forward", "backward"):
+            if n % 8 == 0 and launch.name in ("forward", "backward", "rms_forward", "rms_backward"):
                 # a multiple of 8, not of 16: Triton's own hint misses it, _aligned restates it
                 assert compiled.widest_load_bits == compiled.widest_store_bits == 128, compiled
 print("compiled")

@@ -3,10 +3,15 @@
 The same cases as the LayerNorm tests (conftest.layer_norm_cases, without the bias, and
 with ``eps=None`` among the eps values), compared in float64; gradcheck; bad input; and
 accuracy in eps units against a float64 reference, never worse than torch's kernel.
+lnorm.triton runs through Triton's interpreter (conftest switches it on), on small shapes, and
+through both of its kernel paths (``triton_block_bytes``); it is skipped where Triton is missing.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable
 
@@ -19,8 +24,11 @@ from hypothesis import strategies as st
 
 import lnorm.numpy
 import lnorm.torch
-from conftest import DTYPES, _as_numpy, layer_norm_cases
+from conftest import DTYPES, HAVE_TRITON, NO_TRITON, _as_numpy, _needs_triton, layer_norm_cases
 from lnorm import errors, gradients, moments
+
+if HAVE_TRITON:
+    import lnorm.triton
 
 # torch warns when a float16/bfloat16 input meets a float32 weight (no fused kernel): expected here.
 pytestmark = pytest.mark.filterwarnings("ignore:Mismatch dtype between input and weight")
@@ -59,10 +67,15 @@ torch_rms_norm_backward = autograd_rms_norm_backward(
     lambda x, shape, w, eps: F.rms_norm(x, _shape_tuple(shape), w, eps)
 )
 
-RMS_NORMS = {"numpy": numpy_rms_norm, "torch": lnorm.torch.rms_norm}
+RMS_NORMS = {
+    "numpy": numpy_rms_norm,
+    "torch": lnorm.torch.rms_norm,
+    "triton": _needs_triton("rms_norm"),
+}
 RMS_NORM_BACKWARDS = {
     "numpy": numpy_rms_norm_backward,
     "torch": autograd_rms_norm_backward(lnorm.torch.rms_norm),
+    "triton": autograd_rms_norm_backward(_needs_triton("rms_norm")),
 }
 
 
@@ -148,9 +161,9 @@ def test_input_is_not_modified(rms_backend: str) -> None:
         assert torch.equal(x, before)
 
 
-def test_non_contiguous_input() -> None:
+def test_non_contiguous_input(torch_backend_name: str) -> None:
     x = torch.randn(7, 5, generator=torch.Generator().manual_seed(1)).t()
-    torch.testing.assert_close(lnorm.torch.rms_norm(x, (7,)), F.rms_norm(x, (7,)))
+    torch.testing.assert_close(RMS_NORMS[torch_backend_name](x, (7,)), F.rms_norm(x, (7,)))
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
@@ -226,13 +239,14 @@ def test_bad_input_raises_a_clear_error(rms_backend: str, args, kwargs, error, m
         RMS_NORMS[rms_backend](*args, **kwargs)
 
 
-def test_torch_backend_rejects_non_tensors_and_other_devices() -> None:
+def test_torch_backends_reject_non_tensors_and_other_devices(torch_backend_name: str) -> None:
+    rms_norm = RMS_NORMS[torch_backend_name]
     with pytest.raises(TypeError, match="x must be a torch.Tensor, got list"):
-        lnorm.torch.rms_norm([[1.0, 2.0]], 2)
+        rms_norm([[1.0, 2.0]], 2)
     with pytest.raises(TypeError, match="weight must be a torch.Tensor or None, got list"):
-        lnorm.torch.rms_norm(X, 4, [1.0] * 4)
+        rms_norm(X, 4, [1.0] * 4)
     with pytest.raises(RuntimeError, match=r"weight is on meta but the input is on cpu"):
-        lnorm.torch.rms_norm(X, 4, torch.ones(4, device="meta"))
+        rms_norm(X, 4, torch.ones(4, device="meta"))
 
 
 def test_numpy_backward_rejects_a_mismatched_dy() -> None:
@@ -289,7 +303,10 @@ def test_gradients_match_float64_autograd(backend_name: str, data: st.DataObject
 @pytest.mark.parametrize("eps", [None, 1e-5])
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize("normalized_shape", [(5,), (2, 3), (1,)])
-def test_gradcheck_in_float64(affine: bool, normalized_shape: tuple[int, ...], eps) -> None:
+def test_gradcheck_in_float64(
+    torch_backend_name: str, affine: bool, normalized_shape: tuple[int, ...], eps
+) -> None:
+    rms_norm = RMS_NORMS[torch_backend_name]
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(3, *normalized_shape, dtype=torch.float64, generator=generator).requires_grad_()
     weight = (
@@ -298,21 +315,22 @@ def test_gradcheck_in_float64(affine: bool, normalized_shape: tuple[int, ...], e
         else None
     )
     inputs = (x, weight) if affine else (x,)
-    assert torch.autograd.gradcheck(
-        lambda x, w=None: lnorm.torch.rms_norm(x, normalized_shape, w, eps), inputs
-    )
+    assert torch.autograd.gradcheck(lambda x, w=None: rms_norm(x, normalized_shape, w, eps), inputs)
 
 
-def test_double_backward_raises_a_clear_error() -> None:
+def test_double_backward_raises_a_clear_error(torch_backend_name: str) -> None:
     x = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
-    (dx,) = torch.autograd.grad(lnorm.torch.rms_norm(x, 4).pow(2).sum(), x, create_graph=True)
+    y = RMS_NORMS[torch_backend_name](x, 4)
+    (dx,) = torch.autograd.grad(y.pow(2).sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="differentiate twice"):
         dx.sum().backward()
 
 
-def test_gradients_only_for_what_requires_them_and_output_is_free_to_modify() -> None:
+def test_gradients_only_for_what_requires_them_and_output_is_free_to_modify(
+    torch_backend_name: str,
+) -> None:
     x, weight = torch.randn(3, 4, requires_grad=True), torch.ones(4)
-    y = lnorm.torch.rms_norm(x, 4, weight)
+    y = RMS_NORMS[torch_backend_name](x, 4, weight)
     y.mul_(2)  # the output aliases nothing saved for backward
     y.sum().backward()
     assert torch.isfinite(x.grad).all() and weight.grad is None
@@ -413,3 +431,174 @@ def test_mean_of_squares_has_no_cancellation_at_any_offset() -> None:
         exact = moments.mean_of_squares(x.astype(np.float64))
         relative = np.abs(moments.mean_of_squares(x) / exact - 1)
         assert relative.max() <= 64 * 2.0**-24
+
+
+# ---------------------------------------------------------------------------- lnorm.triton
+# What only the Triton backend has: its two kernel paths, its launches, running without a GPU.
+# (Every test above runs on it too, as one of RMS_NORMS and RMS_NORM_BACKWARDS.)
+
+needs_triton = pytest.mark.skipif(not HAVE_TRITON, reason=NO_TRITON)
+
+
+def _triton_gradients(x, weight, dy, wanted=(True, True), rms_norm=None) -> tuple:
+    """The gradients asked for (``wanted``: x, weight) of ``rms_norm`` (lnorm.triton's by default)."""
+    rms_norm = rms_norm or RMS_NORMS["triton"]
+    leaves = [t.clone().requires_grad_(w) for t, w in zip((x, weight), wanted)]
+    y = rms_norm(leaves[0], x.shape[-1], leaves[1])
+    return torch.autograd.grad(y, [t for t in leaves if t.requires_grad], dy)
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [1, 5, 16, 37])
+def test_triton_both_kernel_paths_match_torch(triton_block_bytes: int, dtype, n: int) -> None:
+    generator = torch.Generator().manual_seed(n)
+    x = (torch.randn(6, n, generator=generator) * 2 + 3).to(dtype)
+    weight = torch.rand(n, generator=generator).to(dtype)
+    dy = torch.randn(6, n, generator=generator).to(dtype)
+    eps = resolved_eps(x, None)
+    torch.testing.assert_close(
+        lnorm.triton.rms_norm(x, n, weight),
+        F.rms_norm(x.double(), (n,), weight.double(), eps).to(dtype),
+    )
+    ours = _triton_gradients(x, weight, dy)
+    reference = torch_rms_norm_backward(dy.double(), x.double(), n, weight.double(), eps)
+    loose = dict(atol=2e-2, rtol=2e-2) if dtype == torch.bfloat16 else {}
+    for actual, expected in zip(ours, reference):
+        assert actual.dtype == dtype
+        torch.testing.assert_close(actual, expected.to(dtype), **loose)
+
+
+@needs_triton
+def test_triton_gradcheck_in_float64_on_both_paths(triton_block_bytes: int) -> None:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 2, 5, dtype=torch.float64, generator=generator, requires_grad=True)
+    weight = torch.randn(2, 5, dtype=torch.float64, generator=generator, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w: lnorm.triton.rms_norm(x, (2, 5), w), (x, weight))
+
+
+@needs_triton
+def test_triton_a_long_row_takes_the_looped_path() -> None:
+    assert lnorm.triton.rms_forward_launch(
+        *(torch.empty(2, 100_000),) * 2, None, torch.empty(2), 1e-6
+    ).constants["ONE_BLOCK"] is False
+    x = torch.randn(2, 100_000, generator=torch.Generator().manual_seed(4)) + 1e4
+    torch.testing.assert_close(
+        lnorm.triton.rms_norm(x, 100_000), F.rms_norm(x.double(), (100_000,), eps=2.0**-23).float()
+    )
+
+
+@needs_triton
+def test_triton_cpu_tensor_without_the_interpreter_says_how_to_run_it() -> None:
+    environment = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    script = "import torch, lnorm.triton; lnorm.triton.rms_norm(torch.ones(2, 3), 3)"
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=environment, capture_output=True, text=True
+    )
+    assert result.returncode != 0
+    assert "set the environment variable TRITON_INTERPRET=1" in result.stderr
+
+
+@needs_triton
+@pytest.mark.parametrize("wanted", [(True, False), (False, True), (True, True)])
+def test_triton_backward_computes_only_the_gradients_asked_for(
+    triton_block_bytes: int, wanted: tuple[bool, bool], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    launched = []
+    original = lnorm.triton.rms_backward_launches
+
+    def spy(*args, **kwargs):
+        launches = original(*args, **kwargs)
+        launched.extend((launch.name, launch.constants) for launch in launches)
+        return launches
+
+    monkeypatch.setattr(lnorm.triton, "rms_backward_launches", spy)
+    generator = torch.Generator().manual_seed(5)
+    x, dy = (torch.randn(6, 16, dtype=torch.float64, generator=generator) for _ in range(2))
+    weight = torch.rand(16, dtype=torch.float64, generator=generator)
+    ours = _triton_gradients(x, weight, dy, wanted)
+    theirs = _triton_gradients(
+        x, weight, dy, wanted, lambda x, n, w: F.rms_norm(x, (n,), w, 2.0**-52)
+    )
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b)
+    kernel = dict(launched)["rms_backward"]
+    assert (kernel["COMPUTE_DX"], kernel["COMPUTE_DWEIGHT"]) == wanted
+    assert {name for name, _ in launched} == {"rms_backward"} | (
+        {"rms_column_sum_dweight"} if wanted[1] else set()
+    )
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("m, n, block_bytes", [(257, 8, None), (300, 40, 64)])
+def test_triton_weight_gradient_of_many_rows(
+    monkeypatch: pytest.MonkeyPatch, dtype, m: int, n: int, block_bytes: int | None
+) -> None:
+    if block_bytes:  # rows walked in blocks: partial sums and carries in the buffer
+        monkeypatch.setattr(lnorm.triton, "MAX_BLOCK_BYTES", block_bytes)
+    # many tiles per program, the last tile partial; more rows than programs
+    generator = torch.Generator().manual_seed(m)
+    x = (torch.randn(m, n, generator=generator) * 2 + 3).to(dtype)
+    dy = (torch.randn(m, n, generator=generator) + 0.5).to(dtype)
+    weight = torch.rand(n, generator=generator).to(dtype)
+    (dweight,) = _triton_gradients(x, weight, dy, (False, True))
+    (expected,) = _triton_gradients(
+        x.double(), weight.double(), dy.double(), (False, True),
+        lambda x, n, w: F.rms_norm(x, (n,), w, resolved_eps(x, None)),
+    )
+    assert dweight.dtype == dtype
+    # in units of the summed magnitudes, sum |dy x_hat| <= m max|dweight|
+    tolerance = torch.finfo(dtype).eps * m * expected.abs().max().clamp(min=1.0)
+    assert (dweight.double() - expected).abs().max() <= tolerance
+
+
+@needs_triton
+def test_triton_weight_gradient_error_does_not_grow_with_the_rows() -> None:
+    # Rows of +-1: mean(x²) = 1 exactly, so with eps = 0 rstd = 1 and x_hat = x exactly, and every
+    # term dy * x_hat = +-dy is exact: the error of dweight is the summation's alone. Per tile a
+    # pairwise tree (log2 16 levels), across tiles Kahan's compensated sum (2u), across the 16
+    # programs a tree (log2 16): at most 10 u sum|terms|, whatever M (a sequential sum: M u).
+    m, n = 4096, 64
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 2, (m, n), generator=generator).float() * 2 - 1
+    dy = torch.randn(m, n, generator=generator) + 1.0
+    leaf = torch.ones(n, requires_grad=True)
+    (dweight,) = torch.autograd.grad(lnorm.triton.rms_norm(x, n, leaf, 0.0), leaf, dy)
+    terms = dy.double() * x.double()
+    u = 2.0**-24
+    error_units = ((dweight.double() - terms.sum(0)).abs() / terms.abs().sum(0)).max() / u
+    assert error_units <= 10 < torch.log2(torch.tensor(m)).item()
+
+
+@needs_triton
+def test_triton_a_strided_input_is_read_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    base = torch.randn(12, 40, dtype=torch.float64) + 5  # every other row: a row stride of 2N
+    x = base[::2]
+    seen = []
+    original = lnorm.triton.rms_forward_launch
+    monkeypatch.setattr(
+        lnorm.triton,
+        "rms_forward_launch",
+        lambda rows, *a: seen.append(rows.data_ptr() == base.data_ptr() and rows.stride(0) == 80)
+        or original(rows, *a),
+    )
+    weight = torch.rand(40, dtype=torch.float64)
+    torch.testing.assert_close(
+        lnorm.triton.rms_norm(x, 40, weight), F.rms_norm(x, (40,), weight, 2.0**-52)
+    )
+    assert seen == [True]
+
+
+@needs_triton
+def test_triton_bfloat16_outputs_are_rounded_to_nearest_even() -> None:
+    # Rows of +-1 with eps = 0: rstd = 1 and y = +-weight exactly in float32, so the bfloat16
+    # output is the rounding of the float32 weight alone, to nearest, ties to even, as torch (and a
+    # GPU) round; Triton's interpreter would truncate it, were it not for lnorm.triton._rounded_to.
+    generator = torch.Generator().manual_seed(6)
+    weight = torch.randn(64, generator=generator) * 3
+    weight[:4] = torch.tensor([1 + 2.0**-8, 1 + 3 * 2.0**-8, -(1 + 2.0**-8), -(1 + 3 * 2.0**-8)])
+    x = (torch.randint(0, 2, (5, 64), generator=generator) * 2 - 1).to(torch.bfloat16)
+    y = lnorm.triton.rms_norm(x, 64, weight, 0.0)
+    assert torch.equal(y, (x.float() * weight).to(torch.bfloat16))
+    assert torch.equal(y[0, :4].abs().float(), torch.tensor([1.0, 1 + 2.0**-6] * 2))

@@ -19,14 +19,17 @@ On a GPU (``--device cuda``) it times, for N from 512 to 32768 in float16,
 bfloat16 and float32 and M = 256 MiB / (N x element size) rows (every case
 reads at least 256 MiB, far beyond any L2 cache): ``lnorm.triton``, torch's
 native kernel and ``torch.compile`` of ``lnorm.torch``, forward and
-forward+backward. Each case is captured once in a CUDA graph of
+forward+backward, for LayerNorm (with weight and bias) and beside it RMSNorm
+(with weight, eps=None: ``lnorm.triton.rms_norm``, ``torch.nn.functional.rms_norm``,
+``torch.compile(lnorm.torch.rms_norm)``); ``speedup_vs_torch`` compares with torch's
+kernel for the same norm, ``speedup_vs_torch_layer_norm`` with ``F.layer_norm``. Each case is captured once in a CUDA graph of
 GRAPH_REPEATS calls and the graph is replayed (``triton.testing.do_bench_cudagraph``,
 median of its replays), so the CPU's launch overhead is not in the time; an
 implementation that cannot be captured is timed with ``triton.testing.do_bench``
 instead, and the row says which. Effective bandwidth counts the bytes a LayerNorm must move at the
-least: forward, read x and write y (2 M N elements); forward+backward, that plus
-read x and dy and write dx (5 M N elements); the parameters and the per-row
-statistics are left out (at most 2N + 3M elements). The fraction of peak divides
+least, the same for both norms: forward, read x and write y (2 M N elements);
+forward+backward, that plus read x and dy and write dx (5 M N elements); the
+parameters and the per-row statistics are left out (at most 2N + 3M elements). The fraction of peak divides
 by the memory bandwidth the device reports (2 x memory clock x bus width).
 
 This is a measurement, not a test: no assertion depends on the timings.
@@ -46,6 +49,7 @@ import time
 import tracemalloc
 import types
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -237,17 +241,44 @@ def measure_blocks(repeats: int, shape: tuple[int, int] = (4096, 4096)) -> list[
     return rows
 
 
-def gpu_implementations(compile_torch: bool = True) -> dict[str, Callable]:
-    """The implementations a GPU run compares, each with torch.nn.functional.layer_norm's signature."""
+@dataclass(frozen=True)
+class GpuImplementation:
+    """One implementation a GPU run times: its norm, ``"layer_norm"`` (called as
+    ``run(x, n, weight, bias)``) or ``"rms_norm"`` (called as ``run(x, n, weight)``)."""
+
+    norm: str
+    run: Callable[..., torch.Tensor]
+
+
+def gpu_implementations(compile_torch: bool = True) -> dict[str, GpuImplementation]:
+    """The implementations a GPU run compares: LayerNorm's, then RMSNorm's, torch's kernel first."""
     import lnorm.triton  # needs triton, and a GPU or the interpreter
 
+    layer_norm, rms_norm = "layer_norm", "rms_norm"
     implementations = {
-        "torch.nn.functional": lambda x, n, w, b: F.layer_norm(x, (n,), w, b),
-        "lnorm.triton": lambda x, n, w, b: lnorm.triton.layer_norm(x, n, w, b),
+        "torch.nn.functional": GpuImplementation(
+            layer_norm, lambda x, n, w, b: F.layer_norm(x, (n,), w, b)
+        ),
+        "lnorm.triton": GpuImplementation(
+            layer_norm, lambda x, n, w, b: lnorm.triton.layer_norm(x, n, w, b)
+        ),
     }
     if compile_torch:
         compiled = torch.compile(lnorm.torch.layer_norm)
-        implementations["torch.compile(lnorm.torch)"] = lambda x, n, w, b: compiled(x, n, w, b)
+        implementations["torch.compile(lnorm.torch)"] = GpuImplementation(
+            layer_norm, lambda x, n, w, b: compiled(x, n, w, b)
+        )
+    implementations["torch.nn.functional.rms_norm"] = GpuImplementation(
+        rms_norm, lambda x, n, w: F.rms_norm(x, (n,), w)
+    )
+    implementations["lnorm.triton.rms_norm"] = GpuImplementation(
+        rms_norm, lambda x, n, w: lnorm.triton.rms_norm(x, n, w)
+    )
+    if compile_torch:
+        compiled_rms = torch.compile(lnorm.torch.rms_norm)
+        implementations["torch.compile(lnorm.torch.rms_norm)"] = GpuImplementation(
+            rms_norm, lambda x, n, w: compiled_rms(x, n, w)
+        )
     return implementations
 
 
@@ -298,12 +329,13 @@ def measure_gpu(
     rows: Callable[[int, int], int],
     row_lengths: list[int],
     dtypes: list[torch.dtype],
-    implementations: dict[str, Callable],
+    implementations: dict[str, GpuImplementation],
     time_ms: Callable[[Callable[[], object]], tuple[float, str]],
     peak_gbs: float | None,
 ) -> list[dict]:
     """Forward and forward+backward times and bandwidths of each implementation, per shape and
-    dtype; ``rows(N, element size)`` gives M for each case."""
+    dtype; ``rows(N, element size)`` gives M for each case. LayerNorm's implementations get the
+    weight and bias, RMSNorm's the weight; both the same x and dy."""
     import triton
 
     common = dict(
@@ -328,28 +360,29 @@ def measure_gpu(
             )
             bias = torch.randn(n, device=device, generator=generator).to(dtype).requires_grad_(True)
             dy = torch.randn(m, n, device=device, generator=generator).to(dtype)
-            baseline = {}
-            for name, layer_norm in implementations.items():
+            baseline = {}  # (norm, pass): the first implementation's time, torch's kernel
+            for name, implementation in implementations.items():
+                parameters = (weight, bias) if implementation.norm == "layer_norm" else (weight,)
 
-                def forward(layer_norm=layer_norm):
+                def forward(run=implementation.run, parameters=parameters):
                     with torch.no_grad():
-                        return layer_norm(x, n, weight, bias)
+                        return run(x, n, *parameters)
 
-                def forward_backward(layer_norm=layer_norm):
-                    return torch.autograd.grad(
-                        layer_norm(x, n, weight, bias), (x, weight, bias), dy
-                    )
+                def forward_backward(run=implementation.run, parameters=parameters):
+                    return torch.autograd.grad(run(x, n, *parameters), (x, *parameters), dy)
 
                 for pass_name, run, elements in [
                     ("forward", forward, 2),
                     ("forward+backward", forward_backward, 5),
                 ]:
                     ms, timer = time_ms(run)
-                    baseline.setdefault(pass_name, ms)
+                    baseline.setdefault((implementation.norm, pass_name), ms)
+                    layer_norm_ms = baseline.get(("layer_norm", pass_name))
                     gbs = elements * m * n * x.element_size() / (ms * 1e-3) / 1e9
                     results.append(
                         dict(
                             implementation=name,
+                            norm=implementation.norm,
                             pass_=pass_name,
                             dtype=str(dtype).removeprefix("torch."),
                             rows=m,
@@ -359,7 +392,10 @@ def measure_gpu(
                             bytes=elements * m * n * x.element_size(),
                             gbytes_per_s=round(gbs, 1),
                             fraction_of_peak=round(gbs / peak_gbs, 3) if peak_gbs else "",
-                            speedup_vs_torch=round(baseline[pass_name] / ms, 3),
+                            speedup_vs_torch=round(baseline[(implementation.norm, pass_name)] / ms, 3),
+                            speedup_vs_torch_layer_norm=(
+                                round(layer_norm_ms / ms, 3) if layer_norm_ms else ""
+                            ),
                             peak_gbytes_per_s=peak_gbs or "",
                             **common,
                         )
@@ -369,12 +405,12 @@ def measure_gpu(
 
 def print_gpu_table(results: list[dict]) -> None:
     print(
-        f"{'implementation':<28}{'pass':<18}{'dtype':<10}{'N':>7}{'ms':>9}{'GB/s':>8}{'peak':>7}{'vs torch':>9}"
+        f"{'implementation':<38}{'pass':<18}{'dtype':<10}{'N':>7}{'ms':>9}{'GB/s':>8}{'peak':>7}{'vs torch':>9}"
     )
     for r in results:
         peak = f"{r['fraction_of_peak']:.0%}" if r["fraction_of_peak"] != "" else "-"
         print(
-            f"{r['implementation']:<28}{r['pass_']:<18}{r['dtype']:<10}{r['row_length']:>7}"
+            f"{r['implementation']:<38}{r['pass_']:<18}{r['dtype']:<10}{r['row_length']:>7}"
             f"{r['ms']:>9.3f}{r['gbytes_per_s']:>8.0f}{peak:>7}{r['speedup_vs_torch']:>9.2f}"
         )
 

@@ -181,8 +181,9 @@ def inspect_launch(launch, dtype: torch.dtype, row_length: int) -> CompiledKerne
 
 def dispatched_launches(dtype: torch.dtype, row_length: int, rows: int = 1 << 16) -> list:
     """Every kernel launch lnorm.triton makes for a forward and backward pass over ``rows`` rows of
-    ``row_length`` elements with weight and bias, on an H100 (tensors on the meta device: shapes
-    and strides, no memory)."""
+    ``row_length`` elements, LayerNorm with weight and bias and RMSNorm with weight, on an H100
+    (tensors on the meta device: shapes and strides, no memory). RMSNorm's column sum is the same
+    kernel with the same constants as LayerNorm's, so it is compiled once."""
     import lnorm.triton as kernels
 
     meta = dict(device="meta")
@@ -195,7 +196,27 @@ def dispatched_launches(dtype: torch.dtype, row_length: int, rows: int = 1 << 16
         torch.empty_like(x), x, weight, mean_hi, mean_lo, rstd, torch.empty_like(x),
         torch.empty_like(weight), torch.empty_like(bias), compute_dx=True, sm_count=H100_SM_COUNT,
     )
-    return [forward, *backward]
+    rms_forward = kernels.rms_forward_launch(x, torch.empty_like(x), weight, rstd, 1e-6)
+    rms_backward = kernels.rms_backward_launches(
+        torch.empty_like(x), x, weight, rstd, torch.empty_like(x), torch.empty_like(weight),
+        compute_dx=True, sm_count=H100_SM_COUNT,
+    )
+    launches = [forward, *backward]
+    for launch in [rms_forward, *rms_backward]:
+        if not any(_same_compile(launch, other) for other in launches):
+            launches.append(launch)
+    return launches
+
+
+def _same_compile(a, b) -> bool:
+    """Whether two launches compile to the same code: one kernel, the same constants and warps,
+    and arguments Triton would specialize alike."""
+    return (
+        a.kernel is b.kernel
+        and a.constants == b.constants
+        and a.num_warps == b.num_warps
+        and signature_of(a.kernel, a.args, a.constants) == signature_of(b.kernel, b.args, b.constants)
+    )
 
 
 def compile_all(

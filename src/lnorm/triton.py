@@ -1,8 +1,10 @@
-"""LayerNorm in Triton: forward and backward kernels behind a ``torch.autograd.Function``.
+"""LayerNorm and RMSNorm in Triton: forward and backward kernels behind ``torch.autograd.Function``s.
 
-Same signature, semantics, errors and dtype rules as :mod:`lnorm.torch`; the
-algorithm is the shifted two-pass of :mod:`lnorm.moments` and the backward
-formula that of :mod:`lnorm.gradients`, written as GPU kernels.
+Same signatures, semantics, errors and dtype rules as :mod:`lnorm.torch`
+(``layer_norm``, ``rms_norm``); the algorithms are those of :mod:`lnorm.moments`
+(the shifted two-pass; RMSNorm's mean of squares) and the backward formulas
+those of :mod:`lnorm.gradients`, written as GPU kernels. The two norms share
+the tiling, the backward pass's programs and its parameter-gradient sums.
 
 How the work is shared (``tiling``): rows of up to 16384 elements are held in
 registers, several short rows per program as one ``[BLOCK_M, BLOCK_N]`` tile;
@@ -17,7 +19,8 @@ Where it runs:
 
 - on a CUDA tensor, compiled for the GPU;
 - on a CPU tensor, through Triton's interpreter, which runs each program of the
-  kernel in NumPy: correct but slow, for testing and reading. It must be
+  kernel in NumPy: correct but slow, for testing and reading. (Its conversion of
+  float32 to bfloat16 truncates; ``_rounded_to`` rounds to nearest there, as a GPU does.) It must be
   switched on *before* this module is imported, because ``triton.jit`` decides
   at decoration time: ``TRITON_INTERPRET=1 python ...``, or set
   ``os.environ["TRITON_INTERPRET"] = "1"`` before ``import lnorm.triton``.
@@ -47,6 +50,11 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 #: The largest row segment one program holds at once: 64 KiB of input, as in Triton's tutorial.
 MAX_BLOCK_BYTES = 1 << 16
 
+#: Triton's interpreter (3.x) converts float32 to bfloat16 by dropping the low 16 bits, rounding
+#: toward zero, where a GPU rounds to nearest (``cvt.rn.bf16.f32``): ``_rounded_to`` rounds by hand
+#: there. A constant of the kernels (tl.constexpr): compiled for a GPU, the branch is not there.
+_ROUND_BFLOAT16_BY_HAND = tl.constexpr(INTERPRETED)
+
 
 def layer_norm(
     x: torch.Tensor,
@@ -63,15 +71,40 @@ def layer_norm(
     normalized_shape, eps, work_dtype = lnorm.torch.checked_arguments(
         x, normalized_shape, weight, bias, eps
     )
+    _check_runs_here(x)
+    return TritonLayerNormFunction.apply(
+        x, weight, bias, normalized_shape, eps, work_dtype
+    )
+
+
+def rms_norm(
+    x: torch.Tensor,
+    normalized_shape: int | Sequence[int],
+    weight: torch.Tensor | None = None,
+    eps: float | None = None,
+) -> torch.Tensor:
+    """RMSNorm of ``x`` over its trailing ``normalized_shape`` dimensions, by Triton kernels:
+    ``x / sqrt(mean(x²) + eps) * weight``.
+
+    The semantics, errors and dtype rules of :func:`lnorm.torch.rms_norm` (``eps=None`` is the
+    machine epsilon of the dtype computed in). Differentiable once in x and weight. float16 and
+    bfloat16 inputs are computed in float32 and rounded once.
+    """
+    normalized_shape, eps, work_dtype = lnorm.torch.checked_rms_norm_arguments(
+        x, normalized_shape, weight, eps
+    )
+    _check_runs_here(x)
+    return TritonRMSNormFunction.apply(x, weight, normalized_shape, eps, work_dtype)
+
+
+def _check_runs_here(x: torch.Tensor) -> None:
+    """A CPU tensor runs only through the interpreter: say how to switch it on."""
     if not x.is_cuda and not INTERPRETED:
         raise RuntimeError(
             f"lnorm.triton runs its kernels on a CUDA GPU, but the input is on {x.device}. To run them "
             "on the CPU through Triton's interpreter, set the environment variable TRITON_INTERPRET=1 "
             "before lnorm.triton is imported."
         )
-    return TritonLayerNormFunction.apply(
-        x, weight, bias, normalized_shape, eps, work_dtype
-    )
 
 
 # fmt: off
@@ -117,6 +150,21 @@ def _reciprocal_sqrt(v, COMPUTE: tl.constexpr):
 
 
 @triton.jit
+def _rounded_to(value, DTYPE: tl.constexpr):
+    """value converted to the output's dtype DTYPE, rounded to nearest, ties to even, as a GPU
+    converts. In the interpreter a float32 value bound for bfloat16 is first moved to the
+    bfloat16 nearest it, by the integer trick (add 0x7FFF plus the last kept bit, clear the low
+    16 bits), so that the interpreter's truncation is exact. NaN is kept as it is (the trick
+    could carry a NaN's payload into infinity). Results below 2**-126, bfloat16's subnormals,
+    still come out of the interpreter as zero."""
+    if _ROUND_BFLOAT16_BY_HAND and DTYPE == tl.bfloat16 and value.dtype == tl.float32:
+        bits = value.to(tl.uint32, bitcast=True)
+        bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & 0xFFFF0000  # the interpreter then only truncates
+        value = tl.where(value != value, value, bits.to(tl.float32, bitcast=True))
+    return value.to(DTYPE)
+
+
+@triton.jit
 def _two_sum(a, b):
     """s = fl(a + b) and the exact error e, a + b = s + e (Knuth's TwoSum: no condition on |a|, |b|)."""
     s = a + b
@@ -146,6 +194,25 @@ def _pairwise_sum_rows(tile, ROWS: tl.constexpr, COLS: tl.constexpr):
         even, odd = tl.split(tl.permute(halves, [0, 2, 1]))
         tile = even + odd
     return tl.reshape(tile, [COLS])
+
+
+@triton.jit
+def _add_tile_rows(total, carry, tile, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """total + (the rows of a [BLOCK_M, BLOCK_N] tile, summed by a pairwise tree), added by
+    Kahan's compensated summation: how a backward program adds a parameter gradient's terms,
+    tile after tile, in registers."""
+    return _compensated_add(total, carry, _pairwise_sum_rows(tile, BLOCK_M, BLOCK_N))
+
+
+@triton.jit
+def _add_to_partials(partial_ptr, carry_offset, at, mask, term):
+    """partial[at] += term by Kahan's compensated summation, the carry kept at
+    partial[carry_offset + at]: the same sum as _add_tile_rows for rows longer than a block,
+    whose partial sums do not fit in registers and live in the program's own rows of the buffer."""
+    total, carry = _compensated_add(
+        tl.load(partial_ptr + at, mask=mask), tl.load(partial_ptr + carry_offset + at, mask=mask), term)
+    tl.store(partial_ptr + at, total, mask=mask)
+    tl.store(partial_ptr + carry_offset + at, carry, mask=mask)
 
 
 @triton.jit
@@ -187,7 +254,7 @@ def _forward_kernel(
         if HAS_BIAS:
             y = y + tl.load(bias_ptr + cols, mask=col_in, other=0.0).to(COMPUTE)[None, :]
         y_offsets = rows.to(tl.int64)[:, None] * y_row_stride + cols[None, :]
-        tl.store(y_ptr + y_offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
+        tl.store(y_ptr + y_offsets, _rounded_to(y, y_ptr.dtype.element_ty), mask=mask)
         tl.store(mean_hi_ptr + rows, hi, mask=row_in)
         tl.store(mean_lo_ptr + rows, lo, mask=row_in)
         tl.store(rstd_ptr + rows, rstd, mask=row_in)
@@ -223,7 +290,7 @@ def _forward_kernel(
                 y = y * tl.load(weight_ptr + start + cols, mask=mask, other=0.0).to(COMPUTE)
             if HAS_BIAS:
                 y = y + tl.load(bias_ptr + start + cols, mask=mask, other=0.0).to(COMPUTE)
-            tl.store(y_row + start + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
+            tl.store(y_row + start + cols, _rounded_to(y, y_ptr.dtype.element_ty), mask=mask)
         tl.store(mean_hi_ptr + program, hi)
         tl.store(mean_lo_ptr + program, lo)
         tl.store(rstd_ptr + program, rstd)
@@ -281,13 +348,11 @@ def _backward_kernel(
                 mean_g = _divide(tl.sum(g, axis=1), n_cols, COMPUTE)
                 mean_gx = _divide(tl.sum(g * x_hat, axis=1), n_cols, COMPUTE)
                 dx = (g - mean_g[:, None] - x_hat * mean_gx[:, None]) * rstd[:, None]
-                tl.store(dx_ptr + rows64 * dx_row_stride + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=mask)
+                tl.store(dx_ptr + rows64 * dx_row_stride + cols[None, :], _rounded_to(dx, dx_ptr.dtype.element_ty), mask=mask)
             if COMPUTE_DWEIGHT:
-                dweight, dweight_carry = _compensated_add(
-                    dweight, dweight_carry, _pairwise_sum_rows(dy * x_hat, BLOCK_M, BLOCK_N))
+                dweight, dweight_carry = _add_tile_rows(dweight, dweight_carry, dy * x_hat, BLOCK_M, BLOCK_N)
             if COMPUTE_DBIAS:
-                dbias, dbias_carry = _compensated_add(
-                    dbias, dbias_carry, _pairwise_sum_rows(dy, BLOCK_M, BLOCK_N))
+                dbias, dbias_carry = _add_tile_rows(dbias, dbias_carry, dy, BLOCK_M, BLOCK_N)
         if COMPUTE_DWEIGHT:
             tl.store(partial_dweight_ptr + partial_row + cols, dweight, mask=col_in)
         if COMPUTE_DBIAS:
@@ -328,20 +393,12 @@ def _backward_kernel(
                     if HAS_WEIGHT:
                         g = dy * tl.load(weight_ptr + start + cols, mask=mask, other=0.0).to(COMPUTE)
                     dx = (g - mean_g - x_hat * mean_gx) * rstd
-                    tl.store(dx_row + start + cols, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+                    tl.store(dx_row + start + cols, _rounded_to(dx, dx_ptr.dtype.element_ty), mask=mask)
                 at = partial_row + start + cols
                 if COMPUTE_DWEIGHT:
-                    total, carry = _compensated_add(
-                        tl.load(partial_dweight_ptr + at, mask=mask),
-                        tl.load(partial_dweight_ptr + carry_offset + at, mask=mask), dy * x_hat)
-                    tl.store(partial_dweight_ptr + at, total, mask=mask)
-                    tl.store(partial_dweight_ptr + carry_offset + at, carry, mask=mask)
+                    _add_to_partials(partial_dweight_ptr, carry_offset, at, mask, dy * x_hat)
                 if COMPUTE_DBIAS:
-                    total, carry = _compensated_add(
-                        tl.load(partial_dbias_ptr + at, mask=mask),
-                        tl.load(partial_dbias_ptr + carry_offset + at, mask=mask), dy)
-                    tl.store(partial_dbias_ptr + at, total, mask=mask)
-                    tl.store(partial_dbias_ptr + carry_offset + at, carry, mask=mask)
+                    _add_to_partials(partial_dbias_ptr, carry_offset, at, mask, dy)
 
 
 @triton.jit
@@ -355,7 +412,141 @@ def _column_sum_kernel(partial_ptr, out_ptr, n_partials, n_cols,
     mask = (rows < n_partials)[:, None] & (cols < n_cols)[None, :]
     tile = tl.load(partial_ptr + rows.to(tl.int64)[:, None] * n_cols + cols[None, :], mask=mask, other=0.0)
     total = _pairwise_sum_rows(tile, PARTIALS, BLOCK_N)
-    tl.store(out_ptr + cols, total.to(out_ptr.dtype.element_ty), mask=cols < n_cols)
+    tl.store(out_ptr + cols, _rounded_to(total, out_ptr.dtype.element_ty), mask=cols < n_cols)
+
+
+# --- RMSNorm ------------------------------------------------------------------
+# The same tiling, addressing and parameter-gradient sums as LayerNorm's kernels; one statistic,
+# mean(x²), whose terms are all >= 0: nothing cancels, so it needs neither a shift nor a
+# correction pass, and a row longer than a block is read twice (statistic, output), as LayerNorm's.
+
+
+@triton.jit
+def _rms_forward_kernel(
+    x_ptr, y_ptr, weight_ptr, rstd_ptr,
+    n_rows, n_cols, x_row_stride, y_row_stride, eps: tl.float64,
+    HAS_WEIGHT: tl.constexpr, COMPUTE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ONE_BLOCK: tl.constexpr,
+    ALIGN: tl.constexpr,
+):
+    # y = x * rstd * weight, rstd = 1 / sqrt(mean(x²) + eps): lnorm.moments.rms_normalize.
+    program = tl.program_id(0)
+    n_cols = _aligned(n_cols, ALIGN)
+    x_row_stride = _aligned(x_row_stride, ALIGN)
+    y_row_stride = _aligned(y_row_stride, ALIGN)
+    eps = tl.full([], eps, COMPUTE)  # the interpreter passes a Python float: no rounding to float32
+    cols = tl.arange(0, BLOCK_N)
+    if ONE_BLOCK:
+        # BLOCK_M whole rows per program, one tile, read once; masked lanes are 0 and add nothing
+        rows = program * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_in = rows < n_rows
+        col_in = cols < n_cols
+        mask = row_in[:, None] & col_in[None, :]
+        offsets = rows.to(tl.int64)[:, None] * x_row_stride + cols[None, :]
+        x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(COMPUTE)
+        rstd = _reciprocal_sqrt(_divide(tl.sum(x * x, axis=1), n_cols, COMPUTE) + eps, COMPUTE)
+        y = x * rstd[:, None]
+        if HAS_WEIGHT:
+            y = y * tl.load(weight_ptr + cols, mask=col_in, other=0.0).to(COMPUTE)[None, :]
+        y_offsets = rows.to(tl.int64)[:, None] * y_row_stride + cols[None, :]
+        tl.store(y_ptr + y_offsets, _rounded_to(y, y_ptr.dtype.element_ty), mask=mask)
+        tl.store(rstd_ptr + rows, rstd, mask=row_in)
+    else:
+        # one row longer than a block (BLOCK_M is 1): each lane adds the squares of its column of
+        # blocks, then a tree adds the lanes
+        x_row = x_ptr + tl.cast(program, tl.int64) * x_row_stride
+        y_row = y_ptr + tl.cast(program, tl.int64) * y_row_stride
+        sum_squares = tl.zeros([BLOCK_N], dtype=COMPUTE)
+        for start in range(0, n_cols, BLOCK_N):
+            x = tl.load(x_row + start + cols, mask=start + cols < n_cols, other=0.0).to(COMPUTE)
+            sum_squares += x * x
+        rstd = _reciprocal_sqrt(_divide(tl.sum(sum_squares, axis=0), n_cols, COMPUTE) + eps, COMPUTE)
+        for start in range(0, n_cols, BLOCK_N):
+            mask = start + cols < n_cols
+            y = tl.load(x_row + start + cols, mask=mask, other=0.0).to(COMPUTE) * rstd
+            if HAS_WEIGHT:
+                y = y * tl.load(weight_ptr + start + cols, mask=mask, other=0.0).to(COMPUTE)
+            tl.store(y_row + start + cols, _rounded_to(y, y_ptr.dtype.element_ty), mask=mask)
+        tl.store(rstd_ptr + program, rstd)
+
+
+@triton.jit
+def _rms_backward_kernel(
+    dy_ptr, x_ptr, weight_ptr, rstd_ptr, dx_ptr, partial_dweight_ptr,
+    n_rows, n_cols, dy_row_stride, x_row_stride, dx_row_stride,
+    HAS_WEIGHT: tl.constexpr, COMPUTE_DX: tl.constexpr, COMPUTE_DWEIGHT: tl.constexpr,
+    COMPUTE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    ONE_BLOCK: tl.constexpr, ALIGN: tl.constexpr,
+):
+    # dx = rstd (g - x_hat mean(g x_hat)), g = dy * weight, dweight = sum over rows of dy x_hat
+    # (lnorm.gradients.rms_norm_backward_rows); x_hat = x * rstd recomputed by the forward's own
+    # operation, so bit for bit the forward's. Programs, tiles and the partial dweight as in
+    # _backward_kernel.
+    program = tl.program_id(0)
+    programs = tl.num_programs(0)
+    n_cols = _aligned(n_cols, ALIGN)
+    dy_row_stride = _aligned(dy_row_stride, ALIGN)
+    x_row_stride = _aligned(x_row_stride, ALIGN)
+    dx_row_stride = _aligned(dx_row_stride, ALIGN)
+    cols = tl.arange(0, BLOCK_N)
+    partial_row = tl.cast(program, tl.int64) * n_cols
+    if ONE_BLOCK:
+        col_in = cols < n_cols
+        weight = tl.load(weight_ptr + cols, mask=col_in, other=0.0).to(COMPUTE) if HAS_WEIGHT else 1.0
+        dweight = tl.zeros([BLOCK_N], dtype=COMPUTE)
+        dweight_carry = tl.zeros([BLOCK_N], dtype=COMPUTE)
+        for tile in range(program, tl.cdiv(n_rows, BLOCK_M), programs):
+            rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+            row_in = rows < n_rows
+            mask = row_in[:, None] & col_in[None, :]
+            rows64 = rows.to(tl.int64)[:, None]
+            dy = tl.load(dy_ptr + rows64 * dy_row_stride + cols[None, :], mask=mask, other=0.0).to(COMPUTE)
+            x = tl.load(x_ptr + rows64 * x_row_stride + cols[None, :], mask=mask, other=0.0).to(COMPUTE)
+            rstd = tl.load(rstd_ptr + rows, mask=row_in, other=0.0)
+            # masked lanes 0 even where rstd is inf (a zero row with eps = 0)
+            x_hat = tl.where(mask, x * rstd[:, None], 0.0)
+            if COMPUTE_DX:
+                g = dy * weight[None, :] if HAS_WEIGHT else dy
+                mean_gx = _divide(tl.sum(g * x_hat, axis=1), n_cols, COMPUTE)
+                dx = (g - x_hat * mean_gx[:, None]) * rstd[:, None]
+                tl.store(dx_ptr + rows64 * dx_row_stride + cols[None, :], _rounded_to(dx, dx_ptr.dtype.element_ty), mask=mask)
+            if COMPUTE_DWEIGHT:
+                dweight, dweight_carry = _add_tile_rows(dweight, dweight_carry, dy * x_hat, BLOCK_M, BLOCK_N)
+        if COMPUTE_DWEIGHT:
+            tl.store(partial_dweight_ptr + partial_row + cols, dweight, mask=col_in)
+    else:
+        # rows longer than a block (BLOCK_M is 1): one pass for mean(g x_hat), one for dx and
+        # dweight, whose partial sums and carries live in the buffer
+        carry_offset = tl.cast(programs, tl.int64) * n_cols
+        for row in range(program, n_rows, programs):
+            x_row = x_ptr + tl.cast(row, tl.int64) * x_row_stride
+            dy_row = dy_ptr + tl.cast(row, tl.int64) * dy_row_stride
+            dx_row = dx_ptr + tl.cast(row, tl.int64) * dx_row_stride
+            rstd = tl.load(rstd_ptr + row)
+            mean_gx = 0.0
+            if COMPUTE_DX:
+                sum_gx = tl.zeros([BLOCK_N], dtype=COMPUTE)
+                for start in range(0, n_cols, BLOCK_N):
+                    mask = start + cols < n_cols
+                    x = tl.load(x_row + start + cols, mask=mask, other=0.0).to(COMPUTE)
+                    g = tl.load(dy_row + start + cols, mask=mask, other=0.0).to(COMPUTE)
+                    if HAS_WEIGHT:
+                        g = g * tl.load(weight_ptr + start + cols, mask=mask, other=0.0).to(COMPUTE)
+                    sum_gx += g * tl.where(mask, x * rstd, 0.0)
+                mean_gx = _divide(tl.sum(sum_gx, axis=0), n_cols, COMPUTE)
+            for start in range(0, n_cols, BLOCK_N):
+                mask = start + cols < n_cols
+                x = tl.load(x_row + start + cols, mask=mask, other=0.0).to(COMPUTE)
+                dy = tl.load(dy_row + start + cols, mask=mask, other=0.0).to(COMPUTE)
+                x_hat = tl.where(mask, x * rstd, 0.0)
+                if COMPUTE_DX:
+                    g = dy
+                    if HAS_WEIGHT:
+                        g = dy * tl.load(weight_ptr + start + cols, mask=mask, other=0.0).to(COMPUTE)
+                    dx = (g - x_hat * mean_gx) * rstd
+                    tl.store(dx_row + start + cols, _rounded_to(dx, dx_ptr.dtype.element_ty), mask=mask)
+                if COMPUTE_DWEIGHT:
+                    _add_to_partials(partial_dweight_ptr, carry_offset, partial_row + start + cols, mask, dy * x_hat)
 
 
 # fmt: on
@@ -518,19 +709,10 @@ def backward_launches(dy_rows, x_rows, weight, mean_hi, mean_lo, rstd, dx, dweig
     dbias: output tensors, or None when not wanted). ``sm_count`` overrides the device's (for
     compiling without a GPU)."""
     n_rows, n_cols = x_rows.shape
-    t = tiling(n_cols, x_rows.element_size(), n_rows, BACKWARD_ELEMENTS_PER_THREAD, BACKWARD_MAX_BLOCK)
-    n_tiles = triton.cdiv(n_rows, t.rows_per_program)
-    programs = (
-        backward_program_count(n_tiles, x_rows.device) if sm_count is None else min(n_tiles, sm_count)
-    )
-    # the partial sums, and (rows longer than a block) their Kahan carries
-    partial_shape = (programs if t.one_block else 2 * programs, n_cols)
-    partials = {
-        name: torch.zeros(partial_shape, dtype=mean_hi.dtype, device=x_rows.device)
-        if out is not None else mean_hi
-        for name, out in (("dweight", dweight), ("dbias", dbias))
-    }
-    launches = [KernelLaunch(
+    t, programs = _backward_plan(x_rows, sm_count)
+    partials = {name: _partial_sums(t, programs, out, mean_hi)
+                for name, out in (("dweight", dweight), ("dbias", dbias))}
+    return [KernelLaunch(
         "backward",
         _backward_kernel,
         dict(dy_ptr=dy_rows, x_ptr=x_rows, weight_ptr=_pointer(weight, x_rows),
@@ -546,19 +728,94 @@ def backward_launches(dy_rows, x_rows, weight, mean_hi, mean_lo, rstd, dx, dweig
         programs,
         t.num_warps,
         t.rows_per_program,
-    )]
+    )] + [
+        _column_sum_launch(f"column_sum_{name}", partials[name], out, programs)
+        for name, out in (("dweight", dweight), ("dbias", dbias)) if out is not None
+    ]
+
+
+def _backward_plan(x_rows: torch.Tensor, sm_count: int | None) -> tuple[Tiling, int]:
+    """The tiling of a backward pass over x_rows, and its number of programs: one per streaming
+    multiprocessor (``sm_count`` overrides the device's), never more than there are tiles."""
+    n_rows, n_cols = x_rows.shape
+    t = tiling(n_cols, x_rows.element_size(), n_rows, BACKWARD_ELEMENTS_PER_THREAD, BACKWARD_MAX_BLOCK)
+    n_tiles = triton.cdiv(n_rows, t.rows_per_program)
+    programs = (
+        backward_program_count(n_tiles, x_rows.device) if sm_count is None else min(n_tiles, sm_count)
+    )
+    return t, programs
+
+
+def _partial_sums(t: Tiling, programs: int, out: torch.Tensor | None,
+                  work: torch.Tensor) -> torch.Tensor:
+    """The zeroed buffer of one parameter gradient's per-program partial sums, in the dtype of
+    ``work`` (the compute dtype): (programs, N), and (2 programs, N) with their Kahan carries
+    when rows are walked in blocks. ``work`` itself (an unused pointer) when ``out`` is None."""
+    if out is None:
+        return work
+    n_cols = out.numel()
+    shape = (programs if t.one_block else 2 * programs, n_cols)
+    return torch.zeros(shape, dtype=work.dtype, device=work.device)
+
+
+def _column_sum_launch(name: str, partials: torch.Tensor, out: torch.Tensor, programs: int) -> KernelLaunch:
+    """out = the sum of the first ``programs`` rows of partials, by _column_sum_kernel."""
+    n_cols = out.numel()
     n_partials, columns = column_sum_tiling(programs, n_cols)
-    for name, out in (("dweight", dweight), ("dbias", dbias)):
-        if out is not None:
-            launches.append(KernelLaunch(
-                f"column_sum_{name}",
-                _column_sum_kernel,
-                dict(partial_ptr=partials[name], out_ptr=out, n_partials=programs, n_cols=n_cols),
-                dict(PARTIALS=n_partials, BLOCK_N=columns, ALIGN=alignment(n_cols)),
-                triton.cdiv(n_cols, columns),
-                4,  # a small kernel: (programs x N) partial sums
-                n_partials,
-            ))
+    return KernelLaunch(
+        name,
+        _column_sum_kernel,
+        dict(partial_ptr=partials, out_ptr=out, n_partials=programs, n_cols=n_cols),
+        dict(PARTIALS=n_partials, BLOCK_N=columns, ALIGN=alignment(n_cols)),
+        triton.cdiv(n_cols, columns),
+        4,  # a small kernel: (programs x N) partial sums
+        n_partials,
+    )
+
+
+def rms_forward_launch(x_rows, y, weight, rstd, eps: float) -> KernelLaunch:
+    """The RMSNorm forward kernel, tiled as LayerNorm's forward."""
+    n_rows, n_cols = x_rows.shape
+    t = tiling(n_cols, x_rows.element_size(), n_rows, FORWARD_ELEMENTS_PER_THREAD, FORWARD_MAX_BLOCK)
+    return KernelLaunch(
+        "rms_forward",
+        _rms_forward_kernel,
+        dict(x_ptr=x_rows, y_ptr=y, weight_ptr=_pointer(weight, x_rows), rstd_ptr=rstd,
+             n_rows=n_rows, n_cols=n_cols, x_row_stride=x_rows.stride(0),
+             y_row_stride=y.stride(0), eps=float(eps)),
+        dict(HAS_WEIGHT=weight is not None, COMPUTE=_triton_dtype(rstd.dtype),
+             BLOCK_M=t.rows_per_program, BLOCK_N=t.block, ONE_BLOCK=t.one_block,
+             ALIGN=alignment(n_cols, x_rows.stride(0), y.stride(0))),
+        triton.cdiv(n_rows, t.rows_per_program),
+        t.num_warps,
+        t.rows_per_program,
+    )
+
+
+def rms_backward_launches(dy_rows, x_rows, weight, rstd, dx, dweight, compute_dx: bool,
+                          sm_count: int | None = None) -> list[KernelLaunch]:
+    """The RMSNorm backward kernel, then the column sum of dweight if asked for (an output
+    tensor, or None): LayerNorm's programs, partial buffers and column sum."""
+    n_rows, n_cols = x_rows.shape
+    t, programs = _backward_plan(x_rows, sm_count)
+    partials = _partial_sums(t, programs, dweight, rstd)
+    launches = [KernelLaunch(
+        "rms_backward",
+        _rms_backward_kernel,
+        dict(dy_ptr=dy_rows, x_ptr=x_rows, weight_ptr=_pointer(weight, x_rows), rstd_ptr=rstd,
+             dx_ptr=dx, partial_dweight_ptr=partials, n_rows=n_rows, n_cols=n_cols,
+             dy_row_stride=dy_rows.stride(0), x_row_stride=x_rows.stride(0),
+             dx_row_stride=dx.stride(0)),
+        dict(HAS_WEIGHT=weight is not None, COMPUTE_DX=compute_dx,
+             COMPUTE_DWEIGHT=dweight is not None, COMPUTE=_triton_dtype(rstd.dtype),
+             BLOCK_M=t.rows_per_program, BLOCK_N=t.block, ONE_BLOCK=t.one_block,
+             ALIGN=alignment(n_cols, dy_rows.stride(0), x_rows.stride(0), dx.stride(0))),
+        programs,
+        t.num_warps,
+        t.rows_per_program,
+    )]
+    if dweight is not None:
+        launches.append(_column_sum_launch("rms_column_sum_dweight", partials, dweight, programs))
     return launches
 
 
@@ -567,10 +824,11 @@ class TritonLayerNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, normalized_shape, eps, work_dtype):
-        n_cols = x.shape[x.dim() - len(normalized_shape) :].numel()
-        n_rows = x.numel() // n_cols if n_cols else 0
-        rows = _rows_view(x, n_rows, n_cols)
-        y = torch.empty((n_rows, n_cols), dtype=x.dtype, device=x.device)
+        rows = _input_rows(x, normalized_shape)
+        n_rows, n_cols = rows.shape
+        # y is allocated in x's shape and returned as it is: a Function's output that is a view
+        # could not be modified in place, as torch's can.
+        y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
         mean_hi, mean_lo, rstd = (
             torch.empty(n_rows, dtype=work_dtype, device=x.device) for _ in range(3)
         )
@@ -578,10 +836,10 @@ class TritonLayerNormFunction(torch.autograd.Function):
         bias = None if bias is None else bias.contiguous()
         if rows.numel():
             with _on_device(x):
-                forward_launch(rows, y, weight, bias, mean_hi, mean_lo, rstd, eps)()
+                forward_launch(rows, y.view(rows.shape), weight, bias, mean_hi, mean_lo, rstd, eps)()
         ctx.save_for_backward(rows, weight, bias, mean_hi, mean_lo, rstd)
         ctx.x_shape = x.shape
-        return y.reshape(x.shape)
+        return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -604,6 +862,47 @@ class TritonLayerNormFunction(torch.autograd.Function):
             None if dx is None else dx.reshape(ctx.x_shape),
             dweight, dbias, None, None, None,
         )
+
+
+class TritonRMSNormFunction(torch.autograd.Function):
+    """Forward and backward by the RMSNorm kernels; saves x and rstd (x_hat = x * rstd is
+    recomputed, bit for bit, as :class:`lnorm.torch.RMSNormFunction` does)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, normalized_shape, eps, work_dtype):
+        rows = _input_rows(x, normalized_shape)
+        y = torch.empty(x.shape, dtype=x.dtype, device=x.device)  # not a view: see above
+        rstd = torch.empty(rows.shape[0], dtype=work_dtype, device=x.device)
+        weight = None if weight is None else weight.contiguous()
+        if rows.numel():
+            with _on_device(x):
+                rms_forward_launch(rows, y.view(rows.shape), weight, rstd, eps)()
+        ctx.save_for_backward(rows, weight, rstd)
+        ctx.x_shape = x.shape
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        rows, weight, rstd = ctx.saved_tensors
+        wants_dx, wants_dweight = ctx.needs_input_grad[:2]
+        dx = torch.empty(rows.shape, dtype=rows.dtype, device=rows.device) if wants_dx else None
+        dweight = torch.zeros_like(weight) if weight is not None and wants_dweight else None
+        if rows.numel() and (wants_dx or dweight is not None):
+            with _on_device(rows):
+                for launch in rms_backward_launches(
+                    _rows_view(dy, *rows.shape), rows, weight, rstd,
+                    rows if dx is None else dx, dweight, compute_dx=wants_dx,
+                ):
+                    launch()
+        return None if dx is None else dx.reshape(ctx.x_shape), dweight, None, None, None
+
+
+def _input_rows(x: torch.Tensor, normalized_shape: tuple[int, ...]) -> torch.Tensor:
+    """x as its matrix of rows of prod(normalized_shape) elements (no rows when that is 0)."""
+    n_cols = x.shape[x.dim() - len(normalized_shape) :].numel()
+    n_rows = x.numel() // n_cols if n_cols else 0
+    return _rows_view(x, n_rows, n_cols)
 
 
 def _pointer(param: torch.Tensor | None, fallback: torch.Tensor) -> torch.Tensor:

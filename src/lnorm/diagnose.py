@@ -348,9 +348,9 @@ class Report:
 
 
 def _wrap(text: str, indent: str) -> str:
-    """``text`` wrapped to 96 columns, its first line indented by ``indent``, the rest by 4 more."""
+    """``text`` wrapped to 88 columns, its first line indented by ``indent``, the rest by 4 more."""
     return textwrap.fill(
-        text, 96, initial_indent=indent, subsequent_indent=indent + "    ", break_on_hyphens=False
+        text, 88, initial_indent=indent, subsequent_indent=indent + "    ", break_on_hyphens=False
     )
 
 
@@ -646,7 +646,8 @@ def layer_norm_probes(subject: Subject, half: bool, seed: int = 0) -> dict[str, 
         arguments.setdefault("eps", eps)
         probes.append(Probe(name, _rounded(x, dtype), shape, dtype, **arguments))
 
-    # Ordinary rows (means within 2 std of zero), with a weight of either sign and a bias.
+    # Ordinary rows: means within 2 of zero, standard deviations 0.5 to 2 (|mean| <= 4 std),
+    # with a weight of either sign and a bias.
     basic = _rounded(
         _scaled(_standard_rows(rng, 16, rows), rng.uniform(0.5, 2, 16), rng.uniform(-2, 2, 16)),
         "float32",
@@ -1176,18 +1177,18 @@ ONE_PASS_EXPONENT = 1.5
 def detect_one_pass_variance(ctx: Context) -> Finding | None:
     """``one_pass_variance``: the variance's error grows with the square of the mean.
 
-    Input: rows with standard deviation 1 and mean 1, 4, 16, 64, 256 (plain
-    float32, weight and bias absent). Measurement: for each mean, the largest
+    Input: rows with standard deviation 1 and mean 1, 4, 16, 64, 256, 1024
+    (plain float32, weight and bias absent). Measurement: for each mean, the largest
     relative error of the fitted denominator ``d`` (:func:`fitted_denominator`,
     which the mean's own rounding error does not reach) against what the
     function is known to divide by (Bessel, eps as measured), and the growth
-    exponent of that error against the mean, fitted over the means 16, 64 and
-    256. Threshold: exponent above 1.5. E[x²] - E[x]² loses about u·mean²/var
+    exponent of that error against the mean, fitted over the means 16 to
+    1024. Threshold: exponent above 1.5. E[x²] - E[x]² loses about u·mean²/var
     (exponent 2, chapter 4); a two-pass variance has an error that does not
     grow (exponent 0) and Welford's or a pairwise merge one that grows
     linearly (exponent 1). Rounding noise at the floor (a few 1e-7 at every
     mean) cannot produce a slope of 1.5, which would need the error to grow
-    64-fold across the fitted means. The decision is the exponent, not a level:
+    512-fold across the fitted means (64**1.5). The decision is the exponent, not a level:
     a correct float32 LayerNorm's output error does grow linearly with the
     mean (chapter 4); that is rounding, and it is not flagged. A row whose
     output is no longer finite counts as an infinite error at that mean.
@@ -1259,12 +1260,15 @@ def detect_low_precision_accumulation(ctx: Context) -> Finding | None:
     float32 one is. Threshold: 4 units, or any overflow. Computing in float32
     and rounding once gives at most 1 unit: both outputs round float32 results
     that differ by float32 rounding, 2**-13 of a float16 unit, so they differ
-    by at most one 16-bit spacing. A 16-bit mean alone is off by up to half a
-    16-bit spacing at the mean: for means between 128 and 160, 2**-4 of the
-    standard deviation in float16 and 2**-1 in bfloat16, the same in every
-    output of the row. In 16-bit eps times max|y| both are 64/max|y| units,
-    over 8 for the probe's rows (a standardized row of 64 has |y| < 8), and
-    the largest of 32 rows comes close to it. Squares of deviations beyond 256
+    by at most one 16-bit spacing. Rounding the mean to 16 bits alone moves
+    it by up to half a 16-bit spacing at the mean, the same in every output
+    of the row, and by an amount spread evenly over that range: in 16-bit eps
+    times max|y|, up to 64/max|y| units for means of 128 and above and
+    32/max|y| below. A standardized row of 64 has max|y| <= sqrt(63) < 8, so
+    a row with mean >= 128 exceeds 4 units with probability above 1/2. The
+    means are uniform on [102, 160], 5/9 of them >= 128: each row exceeds 4
+    units with probability above 5/18, and all 32 rows stay below with
+    probability under (13/18)**32 < 1e-4 (chapter 9). Squares of deviations beyond 256
     overflow float16 (65504). Comparing the function with itself makes the
     measurement blind to every other mistake, which both paths share.
     """
@@ -1366,10 +1370,11 @@ WRONG_OUTPUT_UNITS = 64.0
 def detect_wrong_output(ctx: Context) -> Finding | None:
     """``wrong_output``: the output is wrong, and no detector above says why.
 
-    Input: the ordinary rows with weight and bias (means within 2 standard
-    deviations of zero, so condition numbers below 5). Measurement: the error
-    against the float64 reference in float32 eps times max|y|. Threshold: 64.
-    A correct float32 LayerNorm stays below 2 + kappa/2 < 5 here (chapter 3).
+    Input: the ordinary rows with weight and bias (means within 2 of zero and
+    standard deviations 0.5 to 2, so |mean| <= 4 std and condition numbers
+    kappa <= sqrt(17) < 5). Measurement: the error against the float64
+    reference in float32 eps times max|y|. Threshold: 64. A correct float32
+    LayerNorm stays within chapter 3's measured envelope 2 + kappa/2 < 5 here.
     Runs only when nothing else was found, so that a mistake already named is
     not reported twice.
     """
@@ -1425,10 +1430,11 @@ TOLERANCE_MAX_OUTPUT = 5.0
 def tolerance(ctx: Context) -> tuple[tuple[float, float], str]:
     """``(rtol, atol)`` for comparing the function's float32 output with torch's, and why.
 
-    Chapter 3: a float32 LayerNorm that subtracts a rounded mean once has an
-    error of at most ``2 + kappa/2`` float32 eps times max|y| (torch's kernel
-    is one); one that removes the mean's rounding error (lnorm) at most 2. Two
-    implementations may differ by the sum of their bounds. The function's class
+    Chapters 3 and 4 measure these envelopes (they are not derived bounds): a
+    float32 LayerNorm that subtracts a rounded mean once stays within
+    ``2 + kappa/2`` float32 eps times max|y| (torch's kernel is one); one that
+    removes the mean's rounding error (lnorm) within 2. Two implementations
+    may differ by the sum of their envelopes. The function's class
     is measured: its output error on the offsets probe either grows with the
     mean (growth exponent over the means 16-1024 of 0.5 or more) or does not.
     The tolerance is stated for rows with kappa <= 16 and outputs up to 5 in
@@ -1436,7 +1442,7 @@ def tolerance(ctx: Context) -> tuple[tuple[float, float], str]:
     error of LayerNorm is absolute: every element of a row carries the row's
     rounding error, small elements included. Scale atol with max|y|/5 and
     kappa for other data. If the function's measured error exceeds its class's
-    bound at some mean, its bound is scaled up to cover it.
+    envelope at some mean, its envelope is scaled up by a power of 2 to cover it.
     """
     eps32 = float(np.finfo(np.float32).eps)
     torch_bound = 2.0 + TOLERANCE_KAPPA / 2
@@ -1465,7 +1471,8 @@ def tolerance(ctx: Context) -> tuple[tuple[float, float], str]:
         ) + how_much
     atol = (fn_bound + torch_bound) * eps32 * TOLERANCE_MAX_OUTPUT
     reason = (
-        f"{how}; its bound ({fn_bound:g}) plus torch's (2 + kappa/2 = {torch_bound:g}) float32 eps "
+        f"{how}; its measured envelope ({fn_bound:g}) plus torch's (2 + kappa/2 = "
+        f"{torch_bound:g}) float32 eps "
         f"x max|y|, for rows with |mean| <= {TOLERANCE_KAPPA:g} std "
         f"and |y| <= {TOLERANCE_MAX_OUTPUT:g}"
     )
@@ -1516,7 +1523,8 @@ def rms_norm_probes(subject: Subject, half: bool, seed: int = 0) -> dict[str, Pr
         arguments.setdefault("eps", eps)
         probes.append(Probe(name, _rounded(x, dtype), shape, dtype, norm="rms", **arguments))
 
-    # Ordinary rows (means within 2 std of zero), with a weight of either sign.
+    # Ordinary rows: means within 2 of zero, standard deviations 0.5 to 2 (|mean| <= 4 std),
+    # with a weight of either sign.
     basic = _rounded(
         _scaled(_standard_rows(rng, 16, rows), rng.uniform(0.5, 2, 16), rng.uniform(-2, 2, 16)),
         "float32",
@@ -2003,8 +2011,8 @@ RMS_NORM_DETECTORS: tuple[Callable[[Context], Finding | None], ...] = (
     detect_wrong_output,
 )
 
-#: A float32 RMSNorm's error bound in float32 eps x max|y| (chapter 10 measures torch and lnorm
-#: within it for rows of 4096).
+#: A float32 RMSNorm's measured error envelope in float32 eps x max|y|: chapter 10 measures torch
+#: and lnorm within it (the first-order bound it derives, (s + 11)/4, is 10.25 for rows of 4096).
 RMS_TOLERANCE_BOUND = 2.5
 
 
@@ -2031,7 +2039,7 @@ def rms_tolerance(ctx: Context) -> tuple[tuple[float, float], str]:
     eps = ctx.eps
     reason = (
         f"its measured float32 error is {max(measured, default=float('nan')):.2g} float32 eps x "
-        f"max|y|; its bound ({fn_bound:g}) plus torch's ({RMS_TOLERANCE_BOUND:g}) for outputs "
+        f"max|y|; its envelope ({fn_bound:g}) plus torch's ({RMS_TOLERANCE_BOUND:g}) for outputs "
         f"|y| <= {TOLERANCE_MAX_OUTPUT:g}, at any mean (RMSNorm has no cancellation), with the "
         f"same eps on both sides (it used {_eps_text(eps)}"
         + (", torch's default" if eps is None else "")

@@ -114,12 +114,14 @@ def pairwise(rows: Array) -> tuple[Array, Array]:
 def centre(rows: Array, out: Array | None = None) -> tuple[Array, Array]:
     """Rows minus their mean, computed as ``(x - m1) - m2``; returns ``(centred, mean)``.
 
-    ``m1 = mean(x)`` carries a rounding error of about ``u |m1|``, which the
-    plain ``x - m1`` would pass on to every element. But ``x - m1`` itself is
-    computed almost exactly (exactly, by Sterbenz's lemma, when ``x`` and ``m1``
-    are within a factor of two), so the mean of the result, ``m2``, *is* that
-    error, and subtracting it as well leaves deviations accurate to a few ``u``
-    relative to the row's spread rather than to its mean. ``m2`` is the
+    ``m1 = mean(x)`` carries a rounding error ``e1`` of up to ``(s + 1) u
+    mean|x|`` (``s`` the sum's growth factor, see :func:`standardize`), which
+    the plain ``x - m1`` would pass on to every element. But
+    ``x - m1`` rounds relative to the deviation, not to the mean (it is exact,
+    by Sterbenz's lemma, when ``m1/2 <= x <= 2 m1``), so the mean of the
+    result, ``m2``, equals ``-e1`` to within ``(s + 2) u sigma``, and
+    subtracting it as well leaves deviations accurate to a few ``u`` relative
+    to the row's spread rather than to its mean. ``m2`` is the
     correction term of Chan, Golub & LeVeque's corrected two-pass algorithm.
 
     The centred rows are written to ``out`` if given (it may have a wider dtype

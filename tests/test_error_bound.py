@@ -24,14 +24,12 @@ from hypothesis import strategies as st
 
 import lnorm.numpy
 import lnorm.torch
-from lnorm import errors
+from lnorm import bounds, errors
 
 U32 = 2.0**-24
 
 
-def numpy_growth(n: int) -> int:
-    """NumPy's sum: pieces of at most 128 (8 accumulators, a 3-level tree, 7 leftovers), then halving."""
-    return (n - 1) if n < 8 else 25 + max(0, math.ceil(math.log2(n / 128)))
+numpy_growth = bounds.numpy_sum_growth
 
 
 def any_order_growth(n: int) -> int:
@@ -44,7 +42,7 @@ def bound_in_eps_units(row: np.ndarray, s: int, eps: float) -> float:
     x = row.astype(np.float64)
     y = errors.reference_layer_norm(x[None, :], x.size, eps=eps)[0]
     scale = np.abs(y).max()
-    first_order = (5 * s + 25) / 4
+    first_order = bounds.layer_norm_forward(s)
     if scale == 0.0:
         return first_order
     second_order = (s + 1) * U32**2 * np.abs(x).mean() / math.sqrt(x.var() + eps)
@@ -96,3 +94,22 @@ def test_the_bound_is_far_above_what_random_rows_reach() -> None:
     reference = errors.reference_layer_norm(row[None, :], 4096)
     measured = errors.eps_units(lnorm.numpy.layer_norm(row[None, :], 4096), reference)
     assert measured <= 0.1 * bound_in_eps_units(row, numpy_growth(4096), 1e-5)
+
+
+def test_numpy_sum_growth_covers_numpy_s_summation_tree() -> None:
+    # The most additions any element sees in NumPy's pairwise sum (chapter 4) stay within s.
+    for n in list(range(1, 2049)) + [4095, 4096, 4097, 65536, 100_003]:
+        additions, halvings = bounds.numpy_sum_depth(n)
+        assert additions <= bounds.numpy_sum_growth(n)
+        assert n <= 128 or halvings <= math.ceil(math.log2(n / 128)) + 1
+
+
+def test_rms_norm_forward_bound_holds_at_large_offsets() -> None:
+    # No cancellation: the bound does not depend on the mean (chapter 10).
+    rng = np.random.default_rng(0)
+    for offset in (0.0, 1e3, 1e6):
+        x = rng.normal(offset, 1.0, size=(16, 4096)).astype(np.float32)
+        units = errors.eps_units(
+            lnorm.numpy.rms_norm(x, 4096), errors.reference_rms_norm(x, 4096)
+        )
+        assert units <= bounds.rms_norm_forward(bounds.numpy_sum_growth(4096))

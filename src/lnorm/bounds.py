@@ -1,0 +1,68 @@
+"""The error bounds the book derives, as functions, so that every chapter and test uses one copy.
+
+Units: a sum's growth factor ``s`` bounds a computed sum of terms ``t_i`` by
+``|computed - exact| <= s u sum|t_i|`` to first order, with ``u`` the unit
+roundoff (2**-24 in float32). Output bounds are in the book's units, the
+dtype's machine epsilon ``eps = 2u`` times the row's largest output ``max|y|``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+#: float32's unit roundoff, half its machine epsilon.
+U32 = 2.0**-24
+
+
+@functools.lru_cache(maxsize=None)
+def numpy_sum_depth(n: int) -> tuple[int, int]:
+    """(most additions, most halvings) an element passes through in NumPy's sum of ``n``.
+
+    A model of NumPy's pairwise sum along a contiguous row: below 8 terms one
+    after the other; up to 128 terms eight interleaved accumulators, a tree of
+    3 levels and ``n % 8`` leftovers added one by one; longer rows halved at a
+    split point rounded down to a multiple of 8.
+    """
+    if n < 8:
+        return max(n - 1, 0), 0
+    if n <= 128:
+        return (n // 8 - 1) + 3 + n % 8, 0
+    half = n // 2 - (n // 2) % 8
+    (additions_a, halvings_a), (additions_b, halvings_b) = (
+        numpy_sum_depth(half),
+        numpy_sum_depth(n - half),
+    )
+    return 1 + max(additions_a, additions_b), 1 + max(halvings_a, halvings_b)
+
+
+def numpy_sum_growth(n: int) -> int:
+    """Growth factor ``s`` of NumPy's float sum of ``n`` terms along a row (chapter 4).
+
+    Below 8 terms NumPy adds one after the other (``n - 1``). Otherwise it sums
+    blocks of up to 128 with eight accumulators (at most 24 additions per
+    element) and splits longer rows in halves (at most ``ceil(log2(n/128)) + 1``
+    times): ``s = ceil(log2(n/128)) + 25`` covers both
+    (:func:`numpy_sum_depth` counts them).
+    """
+    return n - 1 if n < 8 else max(0, math.ceil(math.log2(n / 128))) + 25
+
+
+def layer_norm_forward(s: int, kappa: float = 0.0, u: float = U32) -> float:
+    """Bound on ``lnorm``'s LayerNorm forward error, in eps x max|y|, for sums of growth ``s``.
+
+    ``(5s + 25)/4`` to first order (chapter 4, "A bound, derived"), plus the
+    second-order term ``(s + 1) u kappa / 2`` that carries the row's condition
+    number ``kappa`` and matters only once ``u kappa`` approaches 1.
+    """
+    return (5 * s + 25) / 4 + (s + 1) * u * kappa / 2
+
+
+def rms_norm_forward(s: int) -> float:
+    """Bound on an RMSNorm forward error, in eps x max|y|, for sums of growth ``s``: ``(s + 11)/4``.
+
+    The mean of squares has relative error at most ``(s + 2) u`` (no
+    cancellation), ``x_hat`` at most ``(s + 9) u / 2`` and the product with the
+    weight one rounding more (chapter 10), whatever the row's mean.
+    """
+    return (s + 11) / 4

@@ -240,7 +240,7 @@ def _forward_kernel(
         x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(COMPUTE)
         # 1. the mean, rounded
         hi = _divide(tl.sum(x, axis=1), n_cols, COMPUTE)
-        # 2. exact (Sterbenz's lemma) for rows far from zero mean
+        # 2. rounds relative to the deviation, not the mean (exact when hi/2 <= x <= 2 hi)
         centred = tl.where(mask, x - hi[:, None], 0.0)
         # 3. the rounding error of hi, removed
         lo = _divide(tl.sum(centred, axis=1), n_cols, COMPUTE)

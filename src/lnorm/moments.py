@@ -138,12 +138,13 @@ def centre_parts(rows: Array, out: Array | None = None) -> tuple[Array, Array, A
     Keeping both lets a backward pass recompute ``(x - m1) - m2`` bit for bit
     as the forward pass did, from the input and two numbers per row.
     """
-    m1 = _mean(rows)
     if out is None:
+        m1 = _mean(rows)
         centred = rows - m1
     else:
         centred = out
-        centred[...] = rows
+        centred[...] = rows  # widens a 16-bit row exactly: m1 is then taken in out's dtype
+        m1 = _mean(centred)
         centred -= m1
     m2 = _mean(centred)
     centred -= m2

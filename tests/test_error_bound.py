@@ -113,3 +113,20 @@ def test_rms_norm_forward_bound_holds_at_large_offsets() -> None:
             lnorm.numpy.rms_norm(x, 4096), errors.reference_rms_norm(x, 4096)
         )
         assert units <= bounds.rms_norm_forward(bounds.numpy_sum_growth(4096))
+
+
+def test_rms_norm_16_bit_bound_holds_at_large_offsets() -> None:
+    # One rounding of the float32 result: half a unit plus float32's share (chapter 10).
+    rng = np.random.default_rng(1)
+    s = bounds.numpy_sum_growth(4096)
+    for offset in (0.0, 1e2, 1e4):
+        x = rng.normal(offset, 1.0, size=(16, 4096)).astype(np.float16)
+        weight = rng.normal(1.0, 0.5, size=4096).astype(np.float16)
+        units = errors.eps_units(
+            lnorm.numpy.rms_norm(x, 4096, weight), errors.reference_rms_norm(x, 4096, weight)
+        )
+        assert units <= bounds.rms_norm_forward_rounded(s, float(np.finfo(np.float16).eps))
+    # The arithmetic chapter 10 quotes: 0.5 (1 + d) + d / eps16, d = (s + 11)/4 eps32.
+    d = 41 / 4 * 2.0**-23
+    assert bounds.rms_norm_forward_rounded(30, 2.0**-10) == 0.5 * (1 + d) + d * 2**10
+    assert 0.5 + 2**-10 < bounds.rms_norm_forward_rounded(30, 2.0**-10) < 0.5 + 2**-9

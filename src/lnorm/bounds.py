@@ -66,3 +66,15 @@ def rms_norm_forward(s: int) -> float:
     weight one rounding more (chapter 10), whatever the row's mean.
     """
     return (s + 11) / 4
+
+
+def rms_norm_forward_rounded(s: int, output_eps: float) -> float:
+    """Bound on an RMSNorm computed in float32 and rounded once to a narrower dtype, in that
+    dtype's machine epsilon ``output_eps`` x max|y|: ``1/2 (1 + d) + d / output_eps``.
+
+    ``d = (s + 11)/4 eps32`` is float32's relative error at the largest output
+    (:func:`rms_norm_forward`); the final rounding costs half a unit of the float32 result,
+    which is at most ``(1 + d) max|y|`` (chapter 10).
+    """
+    d = rms_norm_forward(s) * 2 * U32
+    return 0.5 * (1 + d) + d / output_eps

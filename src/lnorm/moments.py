@@ -239,8 +239,9 @@ def mean_of_squares(rows: Array, scratch: Array | None = None) -> Array:
     """``mean(x²)`` of each row: RMSNorm's only statistic.
 
     Every term is ≥ 0, so the sum has no cancellation: its relative error is at
-    most ``s + 2u``, with ``s`` the summation's bound (about ``log2(N) u`` for a
-    pairwise sum, ``N u`` for a sequential one) and one rounding for each square
+    most ``(s + 2) u`` to first order, with ``s`` the sum's growth factor
+    (:mod:`lnorm.bounds`: ``ceil(log2(N/128)) + 25`` for NumPy's sum of N ≥ 8
+    terms, at most ``N - 1`` for any order) and one rounding for each square
     and for the division by N, *whatever* the rows' mean. ``scratch``,
     if given (the rows' shape, possibly a wider dtype), holds the squares, so
     that a blocked loop allocates nothing of the rows' size.
@@ -262,10 +263,10 @@ def rms_normalize(
     ``x_hat = x * rstd`` with ``rstd = 1 / sqrt(mean(x²) + eps)`` per row, from
     :func:`mean_of_squares`. Nothing is subtracted: an offset shared by the row
     passes into ``x_hat`` unchanged, and no rounding error of a mean can enter.
-    To first order the relative error of each element is at most ``s/2 + 4.5 u``:
-    half of the statistic's ``s + 2u`` and of the rounding of ``+ eps`` (the square
-    root halves a relative error), plus one rounding each for the square root,
-    the division and the product. ``x_hat``
+    To first order the relative error of each element is at most ``(s + 9) u / 2``:
+    half of the statistic's ``(s + 2) u`` and of the rounding of ``+ eps`` (the
+    square root halves a relative error), plus one rounding each for the square
+    root, the division and the product. ``x_hat``
     goes to ``out`` if given, else to a new array; ``rows`` is never modified.
     The sum of squares overflows for rows whose root mean square exceeds
     ``sqrt(largest float / N)`` (1.8e19 / sqrt(N) in float32), before any one

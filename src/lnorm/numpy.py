@@ -138,24 +138,30 @@ def rms_norm(
 ) -> np.ndarray:
     """RMSNorm of ``x`` over its trailing ``normalized_shape`` dimensions: ``x / sqrt(mean(x²) + eps) * weight``.
 
-    The semantics of ``torch.nn.functional.rms_norm``: ``eps=None`` means the
-    machine epsilon of the dtype computed in (2**-23 for float16 and float32,
-    2**-52 for float64). Dtypes, errors and NaN confinement as in
-    :func:`layer_norm`; the weight multiplies in the working dtype and the
-    result is rounded once to the input's dtype.
+    The semantics of ``torch.nn.functional.rms_norm``, dtypes included: any
+    floating input (no bfloat16 in NumPy) with any floating weight. ``x_hat`` is
+    computed in float64 for a float64 input, else in float32; ``eps=None`` means
+    that dtype's machine epsilon (2**-23 or 2**-52); ``x_hat * weight`` is formed
+    in float64 if either is float64, else in float32
+    (:func:`lnorm.validation.rms_norm_product_dtype`), and rounded once to the
+    input's dtype. Errors and NaN confinement as in :func:`layer_norm`.
     """
     x, weight, row_length, work_dtype, eps = _checked_rms(x, normalized_shape, weight, eps)
     if x.size == 0:
         return np.empty_like(x)
 
     rows = x.reshape(-1, row_length)
-    weight = None if weight is None else weight.reshape(-1).astype(work_dtype)
+    product_dtype = validation.rms_norm_product_dtype(work_dtype, validation.dtype_of(weight))
+    weight = None if weight is None else weight.reshape(-1).astype(product_dtype)
     y = np.empty(rows.shape, dtype=x.dtype)
     # Blocks that stay in cache, working arrays allocated once: as in layer_norm.
     row_bytes = row_length * np.dtype(work_dtype).itemsize
     block_rows = min(rows.shape[0], max(1, BLOCK_BYTES // row_bytes))
     squares = np.empty((block_rows, row_length), dtype=work_dtype)
     work = None if y.dtype == work_dtype else np.empty_like(squares)
+    # A float64 weight with a float32 x_hat: the product is formed in float64, as torch forms it.
+    widened = None if product_dtype == work_dtype else np.empty(squares.shape, product_dtype)
+    in_place = work is None and widened is None  # the blocks are written straight into y
     # A row holding inf (inf * 0), or a zero row with eps=0 (0/0), gives NaN silently, as in torch.
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         for start in range(0, rows.shape[0], block_rows):
@@ -164,9 +170,12 @@ def rms_norm(
             block, _ = moments.rms_normalize(
                 rows[start:stop], eps, out=out, scratch=squares[: stop - start]
             )
+            if widened is not None:
+                block = widened[: stop - start]
+                block[...] = out  # exact: float32 into float64
             if weight is not None:
                 block *= weight
-            if work is not None:
+            if not in_place:
                 y[start:stop] = block  # rounds once to the input dtype
     return y.reshape(x.shape)
 
@@ -183,19 +192,26 @@ def rms_norm_backward(
     The formulas are in :func:`lnorm.gradients.rms_norm_backward_rows`.
     ``dweight`` is None when ``weight`` is None; each gradient has the dtype
     and shape of what it is the gradient of. ``rstd`` is recomputed from ``x``.
+    The dtypes of :func:`rms_norm`: ``dweight`` is summed in the product's dtype.
     """
     x, weight, row_length, work_dtype, eps = _checked_rms(x, normalized_shape, weight, eps)
     dy = np.asarray(dy)
     validation.check_grad_output(dy.shape, dy.dtype, x.shape, x.dtype)
+    product_dtype = validation.rms_norm_product_dtype(work_dtype, validation.dtype_of(weight))
     if x.size == 0:  # no rows: no gradient flows to the weight
-        dweight, dx = np.zeros(row_length, work_dtype), np.empty_like(x)
+        dweight, dx = np.zeros(row_length, product_dtype), np.empty_like(x)
     else:
         rows = x.reshape(-1, row_length).astype(work_dtype, copy=False)
-        dy_rows = dy.reshape(-1, row_length).astype(work_dtype, copy=False)
-        weight_row = None if weight is None else weight.reshape(-1).astype(work_dtype)
+        dy_rows = dy.reshape(-1, row_length).astype(product_dtype, copy=False)
+        weight_row = None if weight is None else weight.reshape(-1).astype(product_dtype)
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # NaN rows stay NaN
             x_hat, rstd = moments.rms_normalize(rows, eps)
-            dx, dweight = gradients.rms_norm_backward_rows(dy_rows, x_hat, rstd, weight_row)
+            if product_dtype == work_dtype:
+                dx, dweight = gradients.rms_norm_backward_rows(dy_rows, x_hat, rstd, weight_row)
+            else:  # a float64 weight with a float32 x_hat: g = dy * weight formed in float64
+                g = (dy_rows * weight_row).astype(work_dtype)
+                dx, _ = gradients.rms_norm_backward_rows(g, x_hat, rstd, None)
+                dweight = moments.pairwise_column_sum(dy_rows * x_hat.astype(product_dtype))
         dx = dx.reshape(x.shape).astype(x.dtype, copy=False)
     return dx, None if weight is None else dweight.reshape(weight.shape).astype(weight.dtype)
 

@@ -124,10 +124,13 @@ def rms_norm(
 ) -> torch.Tensor:
     """RMSNorm of ``x`` over its trailing ``normalized_shape`` dimensions: ``x / sqrt(mean(x²) + eps) * weight``.
 
-    The semantics of ``torch.nn.functional.rms_norm``: ``eps=None`` means the
-    machine epsilon of the dtype computed in (``torch.finfo(torch.float32).eps``
-    for float16, bfloat16 and float32 inputs). Dtypes, errors and NaN
-    confinement as in :func:`layer_norm`. Differentiable once in x and weight.
+    The semantics of ``torch.nn.functional.rms_norm``, dtypes included: any
+    floating input with any floating weight. ``x_hat`` is computed in float64
+    for a float64 input, else in float32; ``eps=None`` means that dtype's machine
+    epsilon; ``x_hat * weight`` is formed in
+    ``torch.promote_types(x_hat.dtype, weight.dtype)`` and rounded once to the
+    input's dtype; the gradients have the dtypes of x and weight. Errors and
+    NaN confinement as in :func:`layer_norm`. Differentiable once in x and weight.
     """
     normalized_shape, eps, work_dtype = checked_rms_norm_arguments(x, normalized_shape, weight, eps)
     return RMSNormFunction.apply(x, weight, normalized_shape, eps, work_dtype)
@@ -166,15 +169,16 @@ class RMSNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, normalized_shape, eps, work_dtype):
         x_hat, rstd = moments.rms_normalize(_rows(x, normalized_shape, work_dtype), eps)
-        ctx.save_for_backward(
-            x, rstd, None if weight is None else weight.reshape(-1).to(work_dtype)
-        )
+        # torch's rule: the product is formed in promote_types(x_hat's dtype, weight's dtype)
+        product_dtype = work_dtype if weight is None else torch.promote_types(work_dtype, weight.dtype)
+        weight_row = None if weight is None else weight.reshape(-1).to(product_dtype)
+        ctx.save_for_backward(x, rstd, weight_row)
         ctx.normalized_shape = normalized_shape
         ctx.weight_shape_dtype = (validation.shape_of(weight), validation.dtype_of(weight))
         # x_hat is a new tensor, saved nowhere: the output never aliases what backward needs.
         y = x_hat.view(x.shape)
         if weight is not None:
-            y = y * weight.to(work_dtype)
+            y = y.to(product_dtype) * weight.to(product_dtype)
         return y.to(x.dtype)
 
     @staticmethod
@@ -183,8 +187,14 @@ class RMSNormFunction(torch.autograd.Function):
         x, rstd, weight_row = ctx.saved_tensors
         weight_shape, weight_dtype = ctx.weight_shape_dtype
         x_hat = _rows(x, ctx.normalized_shape, rstd.dtype) * rstd
-        dy_rows = dy.reshape(x_hat.shape).to(rstd.dtype)
-        dx, dweight = gradients.rms_norm_backward_rows(dy_rows, x_hat, rstd, weight_row)
+        product_dtype = rstd.dtype if weight_row is None else weight_row.dtype
+        dy_rows = dy.reshape(x_hat.shape).to(product_dtype)
+        if product_dtype == rstd.dtype:
+            dx, dweight = gradients.rms_norm_backward_rows(dy_rows, x_hat, rstd, weight_row)
+        else:  # a float64 weight with a float32 x_hat: g = dy * weight formed in float64
+            g = (dy_rows * weight_row).to(rstd.dtype)
+            dx, _ = gradients.rms_norm_backward_rows(g, x_hat, rstd, None)
+            dweight = moments.pairwise_column_sum(dy_rows * x_hat.to(product_dtype))
         needs_x, needs_weight = ctx.needs_input_grad[:2]
         return (
             dx.reshape(x.shape).to(x.dtype) if needs_x else None,

@@ -86,13 +86,24 @@ def rms_norm(
     """RMSNorm of ``x`` over its trailing ``normalized_shape`` dimensions, by Triton kernels:
     ``x / sqrt(mean(x²) + eps) * weight``.
 
-    The semantics, errors and dtype rules of :func:`lnorm.torch.rms_norm` (``eps=None`` is the
-    machine epsilon of the dtype computed in). Differentiable once in x and weight. float16 and
-    bfloat16 inputs are computed in float32 and rounded once.
+    The semantics, errors and dtype rules of :func:`lnorm.torch.rms_norm`, which are
+    ``torch.nn.functional.rms_norm``'s (``eps=None`` is the machine epsilon of the dtype computed
+    in), with one exception. Differentiable once in x and weight. float16, bfloat16 and float32
+    inputs are computed in float32 and rounded once, float64 in float64; a weight of any floating
+    dtype is converted exactly to that dtype, which is where torch forms ``x_hat * weight`` too.
+    The exception: a float64 weight with a float32 or 16-bit input. torch forms that product in
+    float64, which these kernels, computing such inputs in float32, do not: it raises a
+    ``TypeError`` (convert the weight to float32, or the input to float64).
     """
     normalized_shape, eps, work_dtype = lnorm.torch.checked_rms_norm_arguments(
         x, normalized_shape, weight, eps
     )
+    if weight is not None and weight.dtype == torch.float64 and work_dtype != torch.float64:
+        raise TypeError(
+            f"lnorm.triton.rms_norm computes a {str(x.dtype).removeprefix('torch.')} input in "
+            "float32 and cannot form x_hat * weight in float64, as torch does for a float64 "
+            "weight: pass a float32 weight, or a float64 input"
+        )
     _check_runs_here(x)
     return TritonRMSNormFunction.apply(x, weight, normalized_shape, eps, work_dtype)
 
@@ -156,7 +167,13 @@ def _rounded_to(value, DTYPE: tl.constexpr):
     bfloat16 nearest it, by the integer trick (add 0x7FFF plus the last kept bit, clear the low
     16 bits), so that the interpreter's truncation is exact. NaN is kept as it is (the trick
     could carry a NaN's payload into infinity). Results below 2**-126, bfloat16's subnormals,
-    still come out of the interpreter as zero."""
+    still come out of the interpreter as zero. A float64 value bound for bfloat16 (the weight's
+    gradient of a float64 input with a bfloat16 weight), which the interpreter does not convert
+    at all, is rounded the same way to 8 significant bits, then passes exactly through float32."""
+    if _ROUND_BFLOAT16_BY_HAND and DTYPE == tl.bfloat16 and value.dtype == tl.float64:
+        bits = value.to(tl.uint64, bitcast=True)
+        bits = ((bits + (0xFFFFFFFFFFF + ((bits >> 45) & 1))) >> 45) << 45  # 53 - 8 = 45 low bits
+        value = tl.where(value != value, value, bits.to(tl.float64, bitcast=True)).to(tl.float32)
     if _ROUND_BFLOAT16_BY_HAND and DTYPE == tl.bfloat16 and value.dtype == tl.float32:
         bits = value.to(tl.uint32, bitcast=True)
         bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & 0xFFFF0000  # the interpreter then only truncates

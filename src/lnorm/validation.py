@@ -19,6 +19,15 @@ silently turns into NaN (this is the one place that lists them):
 
 Apart from ``eps``, every input torch accepts is accepted, with the same result dtype
 and shape; the tests check this over every combination of input and parameter dtypes.
+
+``rms_norm`` follows ``torch.nn.functional.rms_norm``'s dtype rule, which is wider than
+``layer_norm``'s: any floating weight with any floating input. The input is computed in
+float64 if it is float64, else in float32 (:func:`rms_norm_compute_dtype`); ``eps=None`` is
+that dtype's machine epsilon (:func:`rms_norm_eps`); ``x_hat * weight`` is formed in
+``promote_types(compute dtype, weight dtype)`` (:func:`rms_norm_product_dtype`) and rounded
+once to the input's dtype. ``lnorm.triton.rms_norm`` computes in float32 or float64 as its
+input asks and has no float64 product for a float32 or 16-bit input: a float64 weight with
+such an input is a ``TypeError`` there (its docstring says so).
 """
 
 from __future__ import annotations
@@ -148,13 +157,36 @@ def check_grad_output(
 
 
 def rms_norm_compute_dtype(x_dtype: object, weight_dtype: object | None) -> str:
-    """:func:`compute_dtype` for ``rms_norm`` (no bias), with an error that names ``rms_norm``."""
+    """The dtype ``rms_norm`` computes ``x_hat`` in (torch's "opmath"): float64 for a float64
+    input, float32 for every other floating input. The weight may have any floating dtype.
+
+    These are ``torch.nn.functional.rms_norm``'s rules, not ``layer_norm``'s: a float32 input
+    with a float16 or float64 weight is accepted (see :func:`rms_norm_product_dtype`).
+    """
     x_name = dtype_name(x_dtype)
     if x_name not in COMPUTE_DTYPE:
         raise TypeError(
             f"rms_norm needs a floating-point input ({', '.join(COMPUTE_DTYPE)}), got dtype {x_name}"
         )
-    return compute_dtype(x_dtype, weight_dtype, None)
+    if weight_dtype is not None and dtype_name(weight_dtype) not in COMPUTE_DTYPE:
+        raise TypeError(
+            f"rms_norm needs a floating-point weight ({', '.join(COMPUTE_DTYPE)}), "
+            f"got dtype {dtype_name(weight_dtype)}"
+        )
+    return COMPUTE_DTYPE[x_name]
+
+
+def rms_norm_product_dtype(compute_dtype_name: str, weight_dtype: object | None) -> str:
+    """The dtype ``x_hat * weight`` is formed in: ``torch.promote_types(opmath, weight.dtype)``.
+
+    float64 if the input or the weight is float64, else float32 (the compute dtype when there
+    is no weight). torch's rule, written out: ``x_hat`` (in the compute dtype) and the weight are
+    both converted to it, multiplied there, and the product is rounded once to the input's dtype;
+    the weight's gradient is summed there and rounded to the weight's dtype.
+    """
+    if weight_dtype is not None and dtype_name(weight_dtype) == "float64":
+        return "float64"
+    return compute_dtype_name
 
 
 def rms_norm_eps(eps: float | None, compute_dtype_name: str) -> float:

@@ -313,6 +313,10 @@ class Report:
     measurements: dict[str, Measurement] = field(default_factory=dict)
     #: "layer" (LayerNorm) or "rms" (RMSNorm): what the implementation was checked as.
     norm: str = "layer"
+    #: The function's largest measured float32 error on the checker's rows, divided by the
+    #: measured envelope of its class (None with the tolerance). At most 1: the tolerance uses
+    #: the class's envelope as it is; above 1, the envelope is scaled up by a power of 2.
+    envelope_ratio: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -327,7 +331,7 @@ class Report:
     def __str__(self) -> str:
         head = f"{self.name} ({self.framework}): "
         if self.ok:
-            lines = [head + f"no findings: it computes {NORM_NAMES[self.norm]}."]
+            lines = [head + f"no findings: on every probe it behaves as {NORM_NAMES[self.norm]}."]
         else:
             count = len(self.findings)
             lines = [head + f"{count} finding{'s' if count > 1 else ''}"]
@@ -784,6 +788,8 @@ class Context:
     measurements: dict[str, Measurement] = field(default_factory=dict)
     #: The eps fits, once computed (see _eps_fits).
     eps_fits: dict[float, dict] | None = None
+    #: Set by the tolerance: the function's measured error over its class's envelope.
+    envelope_ratio: float | None = None
 
     def measure(self, kind: str, *args) -> Measurement:
         """Record a detector's deciding measurement (the arguments of :class:`Measurement`)."""
@@ -921,8 +927,9 @@ def detect_wrong_axis(ctx: Context) -> Finding | None:
     when that is the trailing dimensions, the smallest set containing them
     over which it has variance 1 (:func:`normalization_axes`). Both must be
     exactly the trailing dimensions. Thresholds: |group mean| <= 1e-3 rms(y),
-    and group variance in [0.8, 1.25]. Rounding leaves means of a few 1e-7
-    (the probes' rows have |mean| < 12 std), and a wrong axis leaves means of
+    and group variance in [0.8, 1.25]. Rounding leaves means of at most
+    (N + 2) u kappa to first order, below 1e-5 on the probes' rows (chapter 9),
+    and a wrong axis leaves means of
     order one; Bessel's correction (variance (N-1)/N >= 0.94 for the probes'
     N >= 16), a wrong eps (the probes' rows have var >= 0.25) or rounding move
     the variance by far less than 20%. When the plain 2-d rows are normalized
@@ -1020,9 +1027,11 @@ def detect_bessel_correction(ctx: Context) -> Finding | None:
     ``d**2/(var + eps) - 1`` is ``1/(N - 1)`` at every standard deviation.
     Threshold: that quantity times N - 1 within 10% of 1 in all three rows. A
     wrong eps changes it in proportion to 1/var, by a factor of 4096 across
-    the three rows, so it cannot match all three; rounding changes ``d**2`` by
-    a few 1e-7, which is under 10% of 1/(N - 1) for rows of up to 100,000
-    elements.
+    the three rows, so it cannot match all three; rounding changes ``d**2``
+    by at most (N + 8) u to first order on these rows (mean 0), under 10% of
+    1/(N - 1) for rows of up to 1,000 elements summed in order; pairwise
+    sums (growth factor s = log2 N) give (s + 8) u, which covers rows of up to
+    65,536 elements. Measured on 64-element rows: about 1e-7 (chapter 9).
     """
     probe = f"eps={ctx.eps:g}"
     y = ctx.output(probe)
@@ -1124,9 +1133,10 @@ def detect_eps_outside_sqrt(ctx: Context) -> Finding | None:
     Input: rows with mean 0 and standard deviations 2**-24 ... 64, called with
     each eps of :attr:`Subject.eps_values`. Measurement and threshold:
     :func:`eps_fit` (``d - std`` the same in every row that resolves eps, to
-    5%, while ``d**2 - std**2`` is not). Rounding moves ``d`` by a few 1e-7
-    relative, so neither model's estimates can be made to spread, or to agree,
-    by rounding in rows where eps changes ``d`` by 1e-3 or more.
+    5%, while ``d**2 - std**2`` is not). Rounding moves ``d`` by at most
+    (N/2 + 4) u relative to first order (2.1e-6 for N = 64, chapter 9), so
+    neither model's estimates can be made to spread, or to agree, by rounding
+    in rows where eps changes ``d`` by 1e-3 or more.
     """
     outside = {eps: fit for eps, fit in _eps_fits(ctx).items() if fit["verdict"] == "outside"}
     if not outside:
@@ -1150,8 +1160,9 @@ def detect_eps_mismatch(ctx: Context) -> Finding | None:
     denominators deviate from ``sqrt(var + eps)`` by more than 1e-3 in some
     row, and ``d**2 - var`` is the same in every row that resolves eps
     (:func:`eps_fit`): that common value is the eps it uses. Rounding moves
-    ``d`` by a few 1e-7, far below 1e-3. A function that uses no eps at all is
-    reported as ``eps_ignored`` when its constant rows give NaN, not here.
+    ``d`` by at most (N/2 + 4) u relative (2.1e-6 for N = 64), far below 1e-3.
+    A function that uses no eps at all is reported as ``eps_ignored`` when its
+    constant rows give NaN, not here.
     """
     wrong = {}
     for eps, fit in _eps_fits(ctx).items():
@@ -1185,12 +1196,16 @@ def detect_one_pass_variance(ctx: Context) -> Finding | None:
     which the mean's own rounding error does not reach) against what the
     function is known to divide by (Bessel, eps as measured), and the growth
     exponent of that error against the mean, fitted over the means 16 to
-    1024. Threshold: exponent above 1.5. E[x²] - E[x]² loses about u·mean²/var
+    1024. Threshold: exponent above 1.5. The relative error of E[x²] - E[x]² is
+    at least u·kappa² (rounding E[x²]) and at most N·u·kappa² to first order
     (exponent 2, chapter 4); a two-pass variance has an error that does not
     grow (exponent 0) and Welford's or a pairwise merge one that grows
-    linearly (exponent 1). Rounding noise at the floor (a few 1e-7 at every
-    mean) cannot produce a slope of 1.5, which would need the error to grow
-    512-fold across the fitted means (64**1.5). The decision is the exponent, not a level:
+    linearly (exponent 1). The exponent is the least-squares slope over four
+    means a factor of 4 apart, so rounding noise at the floor fakes a slope of
+    1.5 only if its values spread at least 4**3.75 = 181-fold (the two lower
+    at the floor's least, the two upper at its largest); chapter 9 measures
+    the floor's spread of correct implementations (below 20-fold, asserted).
+    The decision is the exponent, not a level:
     a correct float32 LayerNorm's output error does grow linearly with the
     mean (chapter 4); that is rounding, and it is not flagged. A row whose
     output is no longer finite counts as an infinite error at that mean.
@@ -1206,19 +1221,20 @@ def detect_one_pass_variance(ctx: Context) -> Finding | None:
     fitted = [per_offset[OFFSETS.index(o)] for o in FITTED_OFFSETS]
     exponent = growth_exponent(FITTED_OFFSETS, fitted)
     ctx.measure(
-        "one_pass_variance", "growth exponent of the variance's error", exponent, ONE_PASS_EXPONENT
+        "one_pass_variance", "growth exponent of d's error", exponent, ONE_PASS_EXPONENT
     )
     if not (exponent > ONE_PASS_EXPONENT or (np.isnan(exponent) and np.isinf(fitted[-1]))):
         return None
     first, last = int(FITTED_OFFSETS[0]), int(FITTED_OFFSETS[-1])
     return Finding(
         "one_pass_variance",
-        f"the relative error of its variance grows like mean^{exponent:.1f}, from "
+        f"the relative error of its denominator d = sqrt(var + eps) grows like "
+        f"mean^{exponent:.1f}, from "
         f"{fitted[0]:.1e} at mean {first} to {fitted[-1]:.1e} at mean {last} (std 1): "
         "cancellation in E[x^2] - E[x]^2",
         {
             "mean offsets": [int(o) for o in OFFSETS],
-            "relative error of the variance": [float(v) for v in per_offset],
+            "relative error of d": [float(v) for v in per_offset],
             "output error, eps32 x max|y|": _output_errors(call),
             f"growth exponent (means {first}-{last})": exponent,
         },
@@ -1243,8 +1259,8 @@ HALF_UNITS = 4.0
 
 #: The 16-bit probes: name -> (storage dtype, what their rows are).
 HALF_PROBES = {
-    "float16": ("float16", "mean about 128, std 1"),
-    "bfloat16": ("bfloat16", "mean about 128, std 1"),
+    "float16": ("float16", "means 102 to 160, std 1"),
+    "bfloat16": ("bfloat16", "means 102 to 160, std 1"),
     "float16 overflow": ("float16", "std 300: squared deviations above 65504"),
 }
 
@@ -1326,8 +1342,9 @@ def detect_affine_wrong(ctx: Context) -> Finding | None:
     ``p*w``, ``p + b``, ``p*b + w`` (swapped), ``(p + b)*w``, and the plain
     output for ``x*w + b`` (applied before normalizing). Threshold: a candidate
     matches within 1e-4 max|y|. Candidates differ by order one, rounding by a
-    few 1e-7; using the function's own plain output makes the test blind to
-    every mistake in the normalization itself.
+    few u max|y| (at most 4u = 2.4e-7 with |w| <= 2, chapter 9); using the
+    function's own plain output makes the test blind to every mistake in the
+    normalization itself.
     """
     mine, plain = ctx.output("basic"), ctx.output("plain")
     call = ctx.calls["basic"]
@@ -1396,7 +1413,7 @@ def detect_wrong_output(ctx: Context) -> Finding | None:
     return Finding(
         "wrong_output",
         f"on ordinary rows its output is off by {units:.3g} float32 eps x max|y|; "
-        "rounding stays below 5",
+        "a correct float32 LayerNorm was measured below 5 on these rows (chapter 3)",
         {"error, eps32 x max|y|": units, "max abs error": errors.max_abs_error(y, call.reference)},
         ctx.subject.norm,
     )
@@ -1423,8 +1440,10 @@ LAYER_NORM_DETECTORS: tuple[Callable[[Context], Finding | None], ...] = (
 # The tolerance
 # ----------------------------------------------------------------------------------------------
 
-#: The tolerance holds for rows whose mean is at most this many standard deviations from zero.
-TOLERANCE_KAPPA = 16.0
+#: The tolerance holds for rows whose mean is at most this many standard deviations from zero,
+TOLERANCE_MEAN_STDS = 16.0
+#: so for condition numbers kappa = sqrt(1 + mean**2/var) up to sqrt(257) = 16.03,
+TOLERANCE_KAPPA = math.sqrt(1.0 + TOLERANCE_MEAN_STDS**2)
 #: ... and for outputs of at most this magnitude (rows of unit-scale data, weight of order one).
 TOLERANCE_MAX_OUTPUT = 5.0
 
@@ -1439,7 +1458,8 @@ def tolerance(ctx: Context) -> tuple[tuple[float, float], str]:
     may differ by the sum of their envelopes. The function's class
     is measured: its output error on the offsets probe either grows with the
     mean (growth exponent over the means 16-1024 of 0.5 or more) or does not.
-    The tolerance is stated for rows with kappa <= 16 and outputs up to 5 in
+    The tolerance is stated for rows with |mean| <= 16 std (kappa <= sqrt(257)
+    = 16.03) and outputs up to 5 in
     magnitude: ``atol = (E_fn + E_torch) eps32 * 5``, with rtol = 0 because the
     error of LayerNorm is absolute: every element of a row carries the row's
     rounding error, small elements included. Scale atol with max|y|/5 and
@@ -1459,8 +1479,9 @@ def tolerance(ctx: Context) -> tuple[tuple[float, float], str]:
         bound = lambda kappa: 2.0 + kappa / 2 if grows else 2.0  # noqa: E731
         # Checked where the tolerance is meant to hold; the rows' means reach 1.25 x nominal.
         excess = max(
-            m / bound(1.25 * o + 1) for m, o in zip(measured, OFFSETS) if o <= TOLERANCE_KAPPA
+            m / bound(1.25 * o + 1) for m, o in zip(measured, OFFSETS) if o <= TOLERANCE_MEAN_STDS
         )
+        ctx.envelope_ratio = excess
         if not math.isfinite(excess):  # no bound holds; the torch-class bound, flagged in words
             excess, how_much = 1.0, " (its error at small means is not finite)"
         else:
@@ -1473,9 +1494,10 @@ def tolerance(ctx: Context) -> tuple[tuple[float, float], str]:
         ) + how_much
     atol = (fn_bound + torch_bound) * eps32 * TOLERANCE_MAX_OUTPUT
     reason = (
-        f"{how}; its measured envelope ({fn_bound:g}) plus torch's (2 + kappa/2 = "
-        f"{torch_bound:g}) float32 eps "
-        f"x max|y|, for rows with |mean| <= {TOLERANCE_KAPPA:g} std "
+        f"{how}; the envelope of that class ({fn_bound:.4g}; its error on the checker's rows "
+        f"stays within it) plus torch's (2 + kappa/2 = {torch_bound:.4g}), envelopes "
+        "measured in chapters 3 and 4, in float32 eps x max|y|, for rows with "
+        f"|mean| <= {TOLERANCE_MEAN_STDS:g} std (kappa <= {TOLERANCE_KAPPA:.4g}) "
         f"and |y| <= {TOLERANCE_MAX_OUTPUT:g}"
     )
     return (0.0, float(f"{atol:.2g}")), reason
@@ -1887,9 +1909,9 @@ def detect_rms_affine_wrong(ctx: Context) -> Finding | None:
     (Gemma's parameterization, where ``w`` stores weight - 1), and the plain
     output for ``x * w`` (applied before normalizing). Threshold: a candidate
     matches within 1e-4 max|y|. The candidates differ by order one, rounding
-    by a few 1e-7. A module's plain output is computed with its weight filled
-    with ones, which a (1 + weight) module multiplies by 2: its candidate is
-    then ``p*(1 + w)/2``.
+    by a few u max|y| (at most 4u = 2.4e-7 with |w| <= 2). A module's plain
+    output is computed with its weight filled with ones, which a (1 + weight)
+    module multiplies by 2: its candidate is then ``p*(1 + w)/2``.
     """
     mine, plain = ctx.output("basic"), ctx.output("plain")
     call = ctx.calls["basic"]
@@ -2037,13 +2059,15 @@ def rms_tolerance(ctx: Context) -> tuple[tuple[float, float], str]:
         if c is not None and c.output is not None and np.all(np.isfinite(c.output))
     ]
     excess = max(measured, default=0.0) / RMS_TOLERANCE_BOUND
+    ctx.envelope_ratio = excess
     fn_bound = RMS_TOLERANCE_BOUND * 2.0 ** max(0, math.ceil(math.log2(max(excess, 1e-9))))
     atol = (fn_bound + RMS_TOLERANCE_BOUND) * eps32 * TOLERANCE_MAX_OUTPUT
     eps = ctx.eps
     reason = (
         f"its measured float32 error is {max(measured, default=float('nan')):.2g} float32 eps x "
-        f"max|y|; its measured envelope ({fn_bound:g}) plus torch's measured envelope "
-        f"({RMS_TOLERANCE_BOUND:g}) for outputs "
+        f"max|y|; the measured envelope of a float32 RMSNorm ({fn_bound:g}"
+        + (", scaled up to cover it" if fn_bound > RMS_TOLERANCE_BOUND else "")
+        + f") plus torch's ({RMS_TOLERANCE_BOUND:g}) for outputs "
         f"|y| <= {TOLERANCE_MAX_OUTPUT:g}, at any mean (RMSNorm has no cancellation), with the "
         f"same eps on both sides (it used {_eps_text(eps)}"
         + (", torch's default" if eps is None else "")
@@ -2116,7 +2140,10 @@ def check(
     rtol_atol, reason = _TOLERANCES[norm](ctx)
     if findings:
         reason += "; its 16-bit outputs differ from torch's by one 16-bit ulp (the cast order)"
-    return Report(subject.name, framework, findings, rtol_atol, reason, ctx.measurements, norm)
+    return Report(
+        subject.name, framework, findings, rtol_atol, reason, ctx.measurements, norm,
+        ctx.envelope_ratio,
+    )
 
 
 def load(target: str) -> Callable:

@@ -38,8 +38,9 @@ def layer_norm_backward_rows(
     ``dweight`` and ``dbias`` are pairwise sums over the M rows
     (:func:`lnorm.moments.pairwise_column_sum`): each term passes through at most
     ``ceil(log2 M)`` additions, so their relative error is at most
-    ``ceil(log2 M) u sum|terms| / |sum|`` to first order, not ``M u``. ``needs`` says which of the three to
-    compute (autograd's ``needs_input_grad``); the others are None.
+    ``ceil(log2 M) u sum|terms| / |sum|`` to first order, not ``M u``. ``needs``
+    says which of the three to compute (autograd's ``needs_input_grad``); the
+    others are None.
     """
     needs_dx, needs_dweight, needs_dbias = needs
     dx = dweight = dbias = None

@@ -11,12 +11,12 @@ elements (8192 in float64: a block is also capped at ``MAX_BLOCK_BYTES``) are
 held in registers, several short rows per program as one ``[BLOCK_M, BLOCK_N]``
 tile; longer rows are walked in blocks of that size and read twice. The backward
 pass, which holds more values per element, keeps rows of up to 4096 elements
-(``BACKWARD_MAX_BLOCK``) in registers and walks longer ones in blocks of 4096. The backward pass runs one
-program per streaming multiprocessor over tiles dealt round robin, and sums the
-parameter gradients by pairwise trees and Kahan's compensated summation, so
-that their error does not grow with the number of rows. ``lnorm.ptx`` compiles
-every launch for an H100 without a GPU and checks registers, spills, access
-width and 64-bit offsets.
+(``BACKWARD_MAX_BLOCK``) in registers and walks longer ones in blocks of 4096.
+The backward pass runs one program per streaming multiprocessor over tiles
+dealt round robin, and sums the parameter gradients by pairwise trees and
+Kahan's compensated summation, so that their error does not grow with the
+number of rows. ``lnorm.ptx`` compiles every launch for an H100 without a GPU
+and checks registers, spills, access width and 64-bit offsets.
 
 Where it runs:
 

@@ -35,9 +35,12 @@ def layer_norm_backward_rows(
 ) -> tuple[Array | None, Array | None, Array | None]:
     """``(dx, dweight, dbias)`` for rows of shape (M, N), with ``rstd`` of shape (M, 1).
 
-    ``dweight`` and ``dbias`` are pairwise sums over the M rows, so their error
-    grows like ``log2(M)``, not ``M``. ``needs`` says which of the three to
-    compute (autograd's ``needs_input_grad``); the others are None.
+    ``dweight`` and ``dbias`` are pairwise sums over the M rows
+    (:func:`lnorm.moments.pairwise_column_sum`): each term passes through at most
+    ``ceil(log2 M)`` additions, so their relative error is at most
+    ``ceil(log2 M) u sum|terms| / |sum|`` to first order, not ``M u``. ``needs``
+    says which of the three to compute (autograd's ``needs_input_grad``); the
+    others are None.
     """
     needs_dx, needs_dweight, needs_dbias = needs
     dx = dweight = dbias = None
@@ -67,7 +70,8 @@ def rms_norm_backward_rows(
 
     LayerNorm's formula without its ``- mean(g)`` term (no mean was subtracted
     in the forward pass, so none comes back in the backward). ``dweight`` is a
-    pairwise sum over the M rows: its error grows like ``log2(M)``, not ``M``.
+    pairwise sum over the M rows: relative error at most
+    ``ceil(log2 M) u sum|terms| / |sum|`` to first order, not ``M u``.
     """
     g = dy if weight is None else dy * weight
     mean_g_x_hat = (g * x_hat).mean(axis=-1, keepdims=True)

@@ -218,7 +218,11 @@ def reciprocal_std(centred: Array, eps: float, scratch: Array | None = None) -> 
 
 
 def pairwise_column_sum(rows: Array) -> Array:
-    """Sum over the first axis by pairwise (tree) summation: error about ``log2(M) u``.
+    """Sum over the first axis of M rows by pairwise (tree) summation.
+
+    Each term passes through at most ``ceil(log2 M)`` additions (odd row counts
+    included), so the relative error is at most ``ceil(log2 M) u sum|terms| / |sum|``
+    to first order.
 
     NumPy sums along a non-contiguous axis one row after another, whose error
     grows like ``M u``; summing halves pairwise keeps the gradient of a weight

@@ -6,14 +6,17 @@ Same signatures, semantics, errors and dtype rules as :mod:`lnorm.torch`
 those of :mod:`lnorm.gradients`, written as GPU kernels. The two norms share
 the tiling, the backward pass's programs and its parameter-gradient sums.
 
-How the work is shared (``tiling``): rows of up to 16384 elements are held in
-registers, several short rows per program as one ``[BLOCK_M, BLOCK_N]`` tile;
-longer rows are walked in blocks and read twice. The backward pass runs one
-program per streaming multiprocessor over tiles dealt round robin, and sums the
-parameter gradients by pairwise trees and Kahan's compensated summation, so
-that their error does not grow with the number of rows. ``lnorm.ptx`` compiles
-every launch for an H100 without a GPU and checks registers, spills, access
-width and 64-bit offsets.
+How the work is shared (``tiling``): in the forward pass, rows of up to 16384
+elements (8192 in float64: a block is also capped at ``MAX_BLOCK_BYTES``) are
+held in registers, several short rows per program as one ``[BLOCK_M, BLOCK_N]``
+tile; longer rows are walked in blocks of that size and read twice. The backward
+pass, which holds more values per element, keeps rows of up to 4096 elements
+(``BACKWARD_MAX_BLOCK``) in registers and walks longer ones in blocks of 4096.
+The backward pass runs one program per streaming multiprocessor over tiles
+dealt round robin, and sums the parameter gradients by pairwise trees and
+Kahan's compensated summation, so that their error does not grow with the
+number of rows. ``lnorm.ptx`` compiles every launch for an H100 without a GPU
+and checks registers, spills, access width and 64-bit offsets.
 
 Where it runs:
 
@@ -194,7 +197,7 @@ def _two_sum(a, b):
 def _compensated_add(total, carry, term):
     """One step of Kahan's compensated summation: total + term, with the low part that
     the addition loses kept in carry and added back next time. The error of a sum of
-    k terms so formed is at most 2u sum|term| + O(k u^2), whatever k."""
+    k terms so formed is at most (2u + O(k u^2)) sum|term|, whatever k."""
     corrected = term - carry
     new_total = total + corrected
     carry = (new_total - total) - corrected
@@ -257,7 +260,8 @@ def _forward_kernel(
         x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(COMPUTE)
         # 1. the mean, rounded
         hi = _divide(tl.sum(x, axis=1), n_cols, COMPUTE)
-        # 2. rounds relative to the deviation, not the mean (exact when hi/2 <= x <= 2 hi)
+        # 2. rounds relative to the deviation, not the mean (exact, by Sterbenz's lemma,
+        # when x and hi have the same sign and |hi|/2 <= |x| <= 2|hi|)
         centred = tl.where(mask, x - hi[:, None], 0.0)
         # 3. the rounding error of hi, removed
         lo = _divide(tl.sum(centred, axis=1), n_cols, COMPUTE)
@@ -278,10 +282,11 @@ def _forward_kernel(
     else:
         # One row longer than a block (BLOCK_M is 1), read twice: once for the
         # statistics, once for the output. The row is shifted by the mean of its
-        # first block, `shift`, which lies within sqrt(n_cols / BLOCK_N) standard
-        # deviations of the row's mean (Cauchy-Schwarz), so the corrected
-        # formula var = mean(d^2) - mean(d)^2, d = x - shift, loses at most a
-        # factor 1 + n_cols / BLOCK_N to cancellation (Chan, Golub and LeVeque).
+        # first block, `shift`, which lies within sqrt(n_cols / BLOCK_N - 1) standard
+        # deviations of the row's mean (Cauchy-Schwarz), so mean(d^2) <=
+        # (n_cols / BLOCK_N) sigma^2 with d = x - shift, and the corrected formula
+        # var = mean(d^2) - mean(d)^2 loses at most a factor n_cols / BLOCK_N to
+        # cancellation (Chan, Golub and LeVeque).
         x_row = x_ptr + tl.cast(program, tl.int64) * x_row_stride
         y_row = y_ptr + tl.cast(program, tl.int64) * y_row_stride
         first = tl.load(x_row + cols).to(COMPUTE)  # n_cols > BLOCK_N: all in the row
@@ -637,14 +642,15 @@ def tiling(n_cols: int, element_size: int, n_rows: int, elements_per_thread: int
 
 
 def _launch_config(n_cols: int, element_size: int) -> tuple[int, bool]:
-    """(block, whole row in one block): kept for chapter 8's first cell."""
+    """(block, whole row in one block) of the forward pass: kept for tests/test_triton.py."""
     return block_size(n_cols, element_size)
 
 
 def backward_program_count(n_tiles: int, device: torch.device) -> int:
     """Programs of the backward pass: one per streaming multiprocessor on a GPU (each loops over
-    tiles, so the weight is loaded once per SM and the partial buffers stay small), 16 in the
-    interpreter; never more than there are tiles."""
+    tiles, so the weight of rows up to BACKWARD_MAX_BLOCK is loaded once per SM, and the partial
+    buffers stay small; longer rows reload it block by block), 16 in the interpreter; never more
+    than there are tiles."""
     if device.type == "cuda":
         available = torch.cuda.get_device_properties(device).multi_processor_count
     else:

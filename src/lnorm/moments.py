@@ -96,7 +96,8 @@ def pairwise(rows: Array) -> tuple[Array, Array]:
 
     Every element starts as a group of one; neighbouring groups merge level by
     level until one group is left, so each element takes part in
-    ``ceil(log2(N))`` merges. Error bound (first order):
+    ``log2(N)`` merges when N is a power of 2 (an odd group out joins a
+    neighbour: a few more otherwise). Error bound (first order):
     ``log2(N) u kappa``. This is how
     parallel kernels combine the partial statistics of their threads.
     """

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lnorm import moments
+from lnorm import bounds, moments
 
 U32 = 2.0**-24  # float32 unit roundoff
 ALGORITHMS = ["one_pass", "two_pass", "welford", "pairwise", "shifted_two_pass"]
@@ -42,14 +42,15 @@ def test_torch_tensors_work_too(name: str) -> None:
 
 
 # Each bound is the docstring's first-order bound with its constants spelled out: a squared
-# deviation rounds three times, a pairwise sum of N terms ceil(log2 N) times (NumPy's sums
-# replace the N of recursive summation), the division by N once.
+# deviation rounds three times, a mean of N terms s + 1 times relative to the sum of their
+# magnitudes (s = bounds.numpy_sum_growth(N), NumPy's growth factor, replaces the N of
+# recursive summation), so the mean-based algorithms carry (s + 4) u.
 def bound(name: str, n: int, kappa: np.ndarray) -> np.ndarray:
-    rounding = (np.ceil(np.log2(n)) + 4) * U32
+    rounding = (bounds.numpy_sum_growth(n) + 4) * U32
     return {
         "two_pass": rounding + (rounding * kappa) ** 2,
         "welford": (n + 4) * U32 * kappa,
-        "pairwise": rounding * kappa,
+        "pairwise": (np.ceil(np.log2(n)) + 4) * U32 * kappa,
         "shifted_two_pass": rounding + rounding * (rounding * kappa) ** 2,
     }[name]
 
@@ -78,6 +79,29 @@ def test_float32_variance_error_within_bound(name, n, offset_exponent, std_expon
     kappa = np.sqrt(1 + expected_mean**2 / expected_var)
     relative_error = np.abs(var.astype(np.float64) - expected_var) / expected_var
     assert np.all(relative_error <= bound(name, n, kappa))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    n=st.integers(2, 400),
+    offset_exponent=st.floats(0, 6),
+    std_exponent=st.floats(-2, 2),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_float32_one_pass_error_within_bound(n, offset_exponent, std_exponent, seed) -> None:
+    # The table's N u kappa**2 with NumPy's sums: mean(x**2) (one rounding per square, s + 1
+    # for the mean) and mean**2 (2(s + 1) + 1) are each within their share of sigma**2 kappa**2,
+    # and the difference rounds once more: (3s + 6) u kappa**2, first order. The second-order
+    # terms are below (s + 1)**2 u**2 kappa**2: 1% slack covers them for every s here.
+    x = np.random.default_rng(seed).normal(10.0**offset_exponent, 10.0**std_exponent, size=(3, n))
+    x = x.astype(np.float32)
+    expected_mean, expected_var = exact_moments(x)
+    _, var = moments.one_pass(x)
+    varying = expected_var[:, 0] > 0  # rounding to float32 can make every element equal
+    kappa = np.sqrt(1 + expected_mean[varying] ** 2 / expected_var[varying])
+    relative_error = np.abs(var[varying] - expected_var[varying]) / expected_var[varying]
+    first_order = (3 * bounds.numpy_sum_growth(n) + 6) * U32 * kappa**2
+    assert np.all(relative_error <= 1.01 * first_order)
 
 
 def test_one_pass_loses_every_digit_and_can_go_negative() -> None:

@@ -13,9 +13,13 @@ of the variance for rows of length ``N`` in a precision with unit roundoff
     kappa = sqrt(1 + mean**2 / var),
 
 which is about ``|mean| / std`` for rows far from zero mean (Chan, Golub &
-LeVeque 1983; Higham 2002, §1.9 and problem 1.10). Sums here are the
-libraries' own (NumPy's pairwise summation, torch's cascade summation), whose
-error grows like ``log2(N) u`` rather than ``N u``.
+LeVeque 1983; Higham 2002, §1.9 and problem 1.10), written for sums whose
+error grows like ``N u``. The mean-based functions (``one_pass``,
+``two_pass``, ``centre``, ``shifted_two_pass``, ``standardize``) use the
+libraries' own sums: NumPy's blocked pairwise sum, whose growth factor is
+``s = ceil(log2(N/128)) + 25`` for N > 128 (:func:`lnorm.bounds.numpy_sum_growth`),
+and torch's, whose order the book does not model (``s = N - 1`` covers any
+order). ``welford`` and ``pairwise`` do their own additions, in Python.
 """
 
 from __future__ import annotations
@@ -39,9 +43,9 @@ def _sqrt(values: Array) -> Array:
 def one_pass(rows: Array) -> tuple[Array, Array]:
     """The textbook formula var = E[x²] - E[x]², in one pass over the data.
 
-    Error bound: about ``N u kappa**2``. Both terms are about ``mean**2`` and
-    their difference can lose every digit, even come out negative: never use
-    it for rows far from zero mean.
+    Error bound (first order): ``N u kappa**2``. Both terms are close to
+    ``mean**2`` and their difference can lose every digit, even come out
+    negative: never use it for rows far from zero mean.
     """
     mean = _mean(rows)
     return mean, _mean(rows * rows) - mean * mean
@@ -50,7 +54,7 @@ def one_pass(rows: Array) -> tuple[Array, Array]:
 def two_pass(rows: Array) -> tuple[Array, Array]:
     """Mean first, then the mean of squared deviations: var = E[(x - E[x])²].
 
-    Error bound: about ``N u + (N u kappa)**2``. Far better than
+    Error bound (first order): ``N u + (N u kappa)**2``. Far better than
     :func:`one_pass`, but the rounding error of the mean still enters every
     deviation, which matters once ``N u kappa`` is not small.
     """
@@ -64,7 +68,7 @@ def welford(rows: Array) -> tuple[Array, Array]:
 
     For each new element ``x_k``: ``delta = x_k - mean``,
     ``mean += delta / k``, ``M2 += delta * (x_k - mean)``; var = M2 / N.
-    Error bound: about ``N u kappa``. It needs only one pass over the data,
+    Error bound (first order): ``N u kappa``. It needs only one pass over the data,
     which is why GPU and CPU kernels use it, but it is sequential (a Python
     loop over the row here: slow, and meant for study).
     """
@@ -91,8 +95,10 @@ def pairwise(rows: Array) -> tuple[Array, Array]:
     """Pairwise (tree) merging of (count, mean, M2) with Chan et al.'s formula.
 
     Every element starts as a group of one; neighbouring groups merge level by
-    level until one group is left, so each element takes part in about
-    ``log2(N)`` merges. Error bound: about ``log2(N) u kappa``. This is how
+    level until one group is left, so each element takes part in
+    ``log2(N)`` merges when N is a power of 2 (an odd group out joins a
+    neighbour: a few more otherwise). Error bound (first order):
+    ``log2(N) u kappa``. This is how
     parallel kernels combine the partial statistics of their threads.
     """
     count, mean, m2 = rows * 0 + 1, rows, rows * 0
@@ -118,8 +124,9 @@ def centre(rows: Array, out: Array | None = None) -> tuple[Array, Array]:
     mean|x|`` (``s`` the sum's growth factor, see :func:`standardize`), which
     the plain ``x - m1`` would pass on to every element. But
     ``x - m1`` rounds relative to the deviation, not to the mean (it is exact,
-    by Sterbenz's lemma, when ``m1/2 <= x <= 2 m1``), so the mean of the
-    result, ``m2``, equals ``-e1`` to within ``(s + 2) u sigma``, and
+    by Sterbenz's lemma, when ``m1/2 <= x <= 2 m1`` for ``m1 > 0``, ``2 m1 <=
+    x <= m1/2`` for ``m1 < 0``), so the mean of the result, ``m2``, equals
+    ``-e1`` to within ``(s + 2) u sigma`` to first order, and
     subtracting it as well leaves deviations accurate to a few ``u`` relative
     to the row's spread rather than to its mean. ``m2`` is the
     correction term of Chan, Golub & LeVeque's corrected two-pass algorithm.
@@ -154,9 +161,9 @@ def centre_parts(rows: Array, out: Array | None = None) -> tuple[Array, Array, A
 def shifted_two_pass(rows: Array) -> tuple[Array, Array]:
     """The corrected two-pass algorithm: :func:`centre`, then the mean of squares.
 
-    Error bound: about ``N u + N u (N u kappa)**2``: the mean offset no longer
-    matters until ``N u kappa`` approaches 1 (with pairwise sums, ``log2(N)``
-    in place of ``N``).
+    Error bound (first order): ``N u + N u (N u kappa)**2``: the mean offset
+    no longer matters until ``N u kappa`` approaches 1 (with NumPy's sums,
+    its growth factor ``s`` in place of ``N``).
     """
     centred, mean = centre(rows)
     return mean, _mean(centred * centred)
@@ -183,15 +190,25 @@ def standardize(
     - ``x - m1`` rounds by at most ``u |x - m1|`` (not at all under Sterbenz's
       lemma), and the correction ``m2`` is ``-e1`` to within ``(s + 2) u sigma``;
     - so the centred values are ``d + delta`` with ``|delta_i| <= 2u|d_i| +
-      (s + 2) u sigma`` (plus ``u |e1|``, second order: it carries the mean);
+      (s + 2) u sigma``: the mean offset drops out to first order;
     - the variance has relative error at most ``(3s + 10) u``, rstd at most
       ``(3s + 15) u / 2``;
     - hence ``|x_hat_i - y_i| <= (s + 2) u max|y| + (3s + 21) / 2 u |y_i|``:
 
           max|x_hat - y| <= (5s + 25) / 4 * eps * max|y|,   eps = 2u,
 
-      plus the second-order ``(s + 1) u**2 mean|x| rstd``, which grows with the
-      mean offset (kappa) and matters only once ``s u kappa`` nears 1.
+      plus a second-order term that grows with the condition number kappa.
+      The computed deviations are ``d_i - e1`` (up to rounding), so ``e1`` also
+      rounds in the subtraction, in the sum for ``m2`` and in its division: in
+      general that leaves ``(s + 3) u |e1|`` in each centred value and as
+      much, relative to sigma, in rstd, at most ``(s + 1)(s + 3) u kappa``
+      units. When ``sum|x - m1| < |m1|/2`` (every ``x_i`` in Sterbenz's range)
+      the subtraction is exact and so is the sum, in any order (its terms are
+      multiples of one ulp, below ``2**24`` of them): only the division rounds,
+      leaving ``u |e1| <= (s + 1) u**2 mean|x|``, times rstd: at most
+      ``(s + 1) u kappa / 2`` units. Otherwise kappa is at most about ``2N``
+      and the general term is at most 0.50 units at N = 4096.
+      :func:`lnorm.bounds.layer_norm_forward` (with ``n``) adds both.
     """
     centred, _, _ = centre_parts(rows, out)
     rstd = reciprocal_std(centred, eps, scratch)

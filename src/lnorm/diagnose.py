@@ -954,15 +954,28 @@ def detect_wrong_axis(ctx: Context) -> Finding | None:
     ctx.measure(
         "wrong_axis", "largest |mean over the trailing axes| / rms(y)", largest_mean, ZERO_MEAN
     )
+    return _wrong_axis_finding(ctx, wrong)
+
+
+def _wrong_axis_finding(
+    ctx: Context, wrong: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], str]]
+) -> Finding | None:
+    """The ``wrong_axis`` finding, from each probe normalized over wrong axes: its output
+    shape, normalized_shape, trailing axes and what was seen (None when there is none).
+
+    When the plain 2-d rows are among them, the detectors on rows stand down.
+    """
     if not wrong:
         return None
     ctx.rows_unreliable = "rows_axes" in wrong
     x_shape, shape, trailing, what = next(iter(wrong.values()))
+    norm = ctx.subject.norm
     return Finding(
         "wrong_axis",
-        f"for an input of shape {x_shape} with normalized_shape={shape} it is {what}; LayerNorm "
-        f"normalizes over the trailing axes {trailing}",
+        f"for an input of shape {x_shape} with normalized_shape={shape} it is {what}; "
+        f"{NORM_NAMES[norm]} normalizes over the trailing axes {trailing}",
         {name: f"{w[3]}, input shape {w[0]}" for name, w in wrong.items()},
+        norm,
     )
 
 
@@ -1670,17 +1683,7 @@ def detect_rms_wrong_axis(ctx: Context) -> Finding | None:
         largest,
         1 - UNIT_MEAN_SQUARE[0],
     )
-    if not wrong:
-        return None
-    ctx.rows_unreliable = "rows_axes" in wrong
-    x_shape, shape, trailing, what = next(iter(wrong.values()))
-    return Finding(
-        "wrong_axis",
-        f"for an input of shape {x_shape} with normalized_shape={shape} it is {what}; RMSNorm "
-        f"normalizes over the trailing axes {trailing}",
-        {name: f"{w[3]}, input shape {w[0]}" for name, w in wrong.items()},
-        "rms",
-    )
+    return _wrong_axis_finding(ctx, wrong)
 
 
 def detect_rms_eps_ignored(ctx: Context) -> Finding | None:

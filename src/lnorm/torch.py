@@ -169,8 +169,12 @@ class RMSNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, normalized_shape, eps, work_dtype):
         x_hat, rstd = moments.rms_normalize(_rows(x, normalized_shape, work_dtype), eps)
-        # torch's rule: the product is formed in promote_types(x_hat's dtype, weight's dtype)
-        product_dtype = work_dtype if weight is None else torch.promote_types(work_dtype, weight.dtype)
+        product_dtype = getattr(  # torch's promote_types(x_hat's dtype, weight's dtype)
+            torch,
+            validation.rms_norm_product_dtype(
+                validation.dtype_name(work_dtype), validation.dtype_of(weight)
+            ),
+        )
         weight_row = None if weight is None else weight.reshape(-1).to(product_dtype)
         ctx.save_for_backward(x, rstd, weight_row)
         ctx.normalized_shape = normalized_shape

@@ -172,7 +172,15 @@ def browser() -> Iterator[object]:
         pytest.skip("no chromium, chromium-browser or google-chrome on the PATH (Debian: apt-get install chromium)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (requirements.txt)")
     with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=BROWSER, headless=True, args=FLAGS)
+        try:
+            chromium = playwright.chromium.launch(
+                executable_path=BROWSER, headless=True, args=FLAGS, timeout=PATIENCE_MS
+            )
+        except sync_api.Error as error:  # e.g. Ubuntu's snap stub, which cannot run in a container
+            first_line = str(error).strip().splitlines()[0]
+            pytest.skip(f"{BROWSER} could not start headless (on Ubuntu, apt's chromium is a snap "
+                        f"stub that does not run in a container; install Debian's or Google's "
+                        f"build): {first_line}")
         yield chromium
         chromium.close()
 

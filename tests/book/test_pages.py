@@ -11,7 +11,10 @@ cut off: every request that leaves the machine is recorded and refused. Each pag
 - every image loaded (natural width > 0);
 - every internal link leading to a file that exists and to an anchor that the file has;
 - at a phone's width (390 px) nothing wider than the screen: code and tables scroll inside the page;
-- in the theme's dark mode, each figure on a light card (the stored PNGs are drawn on white).
+- in the theme's dark mode, each figure on a light card (the stored PNGs are drawn on white);
+- at 1400 px, no displayed formula or table wider than the text column, no traceback, and every
+  folded check cell (tag hide-cell) closed, with a toggle that opens it;
+- on the intro's first screen (the top 1000 px at 1400 px wide), both fixes of the forum question.
 
 The test builds nothing. It is skipped, saying why, when there is no built book; without Chromium
 only the link check runs.
@@ -166,6 +169,58 @@ DARK_FIGURES = """() => {
 }"""
 
 
+#: At 1400 px: displayed formulas and tables wider than the text column, tracebacks shown.
+WIDE_CONTENT = r"""() => {
+  const article = document.querySelector("article.bd-article") || document.body;
+  const column = article.clientWidth;
+  const wide = [];
+  const items = [
+    ...Array.from(article.querySelectorAll('mjx-container[display="true"] mjx-math')),
+    ...Array.from(article.querySelectorAll("table")),
+  ];
+  for (const el of items) {
+    const width = Math.max(el.getBoundingClientRect().width, el.scrollWidth);
+    if (width > column + 1) {
+      const what = el.tagName.toLowerCase() === "table" ? "table" : "formula";
+      wide.push(`${what} ${Math.round(width)} px: ${el.textContent.trim().slice(0, 60)}`);
+    }
+  }
+  const tracebacks = article.querySelectorAll(".output.traceback").length
+    + (article.innerText.includes("Traceback (most recent call last)") ? 1 : 0);
+  return {column, wide, tracebacks};
+}"""
+#: The folded check cells: each closed, with a toggle that opens it and shows the code.
+FOLDED_CHECKS = r"""async () => {
+  const cells = Array.from(document.querySelectorAll(".cell.tag_hide-cell"));
+  const bad = [];
+  for (const [i, cell] of cells.entries()) {
+    const details = cell.querySelector("details");
+    const summary = details && details.querySelector("summary");
+    if (!summary) { bad.push(`cell ${i}: no toggle`); continue; }
+    if (details.open) { bad.push(`cell ${i}: shown unfolded`); continue; }
+    summary.click();
+    await new Promise((resolve) => setTimeout(resolve, 0));
+    const code = cell.querySelector(".cell_input");
+    if (!details.open || !code || code.getBoundingClientRect().height <= 0) {
+      bad.push(`cell ${i}: the toggle does not open it`);
+    }
+  }
+  return {count: cells.length, bad};
+}"""
+#: Where on the page (px from the top) the text first appears; null when it is not there.
+TOP_OF = """(text) => {
+  // the innermost elements that hold the whole text (code is split into highlighted spans)
+  const holders = Array.from(document.body.querySelectorAll("*")).filter(
+    (el) => el.textContent.includes(text)
+      && !Array.from(el.children).some((child) => child.textContent.includes(text)));
+  const tops = holders.map((el) => el.getBoundingClientRect().top + window.scrollY);
+  return tops.length ? Math.min(...tops) : null;
+}"""
+FIRST_SCREEN_PX = 1000
+#: The forum question's two fixes, which the intro's first screen must show.
+FIXES = ("correction=0", "assert_close")
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     if BROWSER is None:
@@ -268,6 +323,8 @@ def test_page_in_the_browser(browser, path: Path) -> None:
         shown = page.evaluate(INSPECT)
         if SCREENSHOTS:
             _shoot(page, path, WIDE, dark=False)
+        content = page.evaluate(WIDE_CONTENT)
+        folded = page.evaluate(FOLDED_CHECKS)
     finally:
         context.close()
 
@@ -279,6 +336,19 @@ def test_page_in_the_browser(browser, path: Path) -> None:
     assert not raw, f"raw TeX in the text a reader sees: {raw[:10]}"
     assert not shown["brokenImages"], f"images that did not load: {shown['brokenImages']}"
     assert not record["errors"], record["errors"]
+    assert not content["wide"], f"wider than the {content['column']} px text column: {content['wide']}"
+    assert not content["tracebacks"], "the page shows a traceback"
+    assert not folded["bad"], f"folded checks ({folded['count']} cells): {folded['bad']}"
+
+
+def test_the_answer_is_on_the_first_screen(browser) -> None:
+    context, page, record = _open(browser, SITE / "book" / "intro.html", WIDE, dark=False)
+    try:
+        tops = {fix: page.evaluate(TOP_OF, fix) for fix in FIXES}
+    finally:
+        context.close()
+    late = {fix: top for fix, top in tops.items() if top is None or top > FIRST_SCREEN_PX}
+    assert not late, f"not in the top {FIRST_SCREEN_PX} px of the intro at {WIDE} px: {late}"
 
 
 @pytest.mark.parametrize("path", PAGES, ids=[str(p.relative_to(SITE)) for p in PAGES])

@@ -49,7 +49,7 @@ UNIT  := $(BIN)/python -m pytest -q tests -n 2 --ignore=tests/book
 # Python as a machine without Triton runs it (macOS, Windows): `import triton` fails everywhere.
 WITHOUT_TRITON := PYTHONPATH=$(CURDIR)/tests/no_triton
 
-.PHONY: book test unit notebooks notebooks-foreign without-triton browser portability lab bench lock clean
+.PHONY: book test unit notebooks notebooks-foreign without-triton browser portability lab bench lock lock-check clean
 
 book: $(STAMP)
 	$(BIN)/jupyter-book build . --all --warningiserror --keep-going
@@ -123,6 +123,22 @@ lock:
 	  | grep -v -E '^(pip|nvidia-[^=]+|cuda-[^=]+)==' \
 	  | sed -e 's/^torch==\([^+]*\)+.*$$/torch==\1/' -e 's/^triton==.*/& ; platform_system == "Linux"/'; \
 	} > requirements.txt
+
+# Does every pin of requirements.txt have a wheel for each platform and Python the README lists?
+# Asks the package registry (pip's dry run downloads wheels' metadata, installs nothing). Triton,
+# Linux-only by its marker, is left out of the macOS and Windows checks.
+LOCK_PLATFORMS := "manylinux_2_28_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64" \
+	"manylinux_2_28_aarch64 manylinux_2_17_aarch64 manylinux2014_aarch64" \
+	"macosx_14_0_arm64 macosx_11_0_arm64 macosx_10_9_universal2" "win_amd64"
+lock-check: $(STAMP)
+	@set -e; for py in 3.11.7 3.12 3.13; do for platforms in $(LOCK_PLATFORMS); do \
+	  case "$$platforms" in manylinux*) req=requirements.txt;; \
+	    *) grep -v '^triton' requirements.txt > /tmp/lnorm-lock-check.txt; req=/tmp/lnorm-lock-check.txt;; esac; \
+	  echo "== Python $$py on $$platforms"; \
+	  $(BIN)/python -m pip install -q --dry-run --ignore-installed --no-deps --only-binary=:all: \
+	    --target /tmp/lnorm-lock-check --python-version $$py \
+	    $$(for p in $$platforms; do printf -- '--platform %s ' $$p; done) -r $$req; \
+	done; done
 
 clean:
 	rm -rf _build .venv

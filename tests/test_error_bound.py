@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 import lnorm.numpy
 import lnorm.torch
-from lnorm import bounds, errors
+from lnorm import bounds, errors, moments
 
 U32 = 2.0**-24
 
@@ -189,3 +189,52 @@ def test_rms_norm_16_bit_bound_holds_at_large_offsets() -> None:
     d = 41 / 4 * 2.0**-23
     assert bounds.rms_norm_forward_rounded(30, 2.0**-10) == 0.5 * (1 + d) + d * 2**10
     assert 0.5 + 2**-10 < bounds.rms_norm_forward_rounded(30, 2.0**-10) < 0.5 + 2**-9
+
+
+def _backward_dx(backend: str, dy: np.ndarray, row: np.ndarray, weight, eps: float) -> np.ndarray:
+    n = row.size
+    if backend == "numpy":
+        return lnorm.numpy.layer_norm_backward(dy, row[None, :], n, weight, eps=eps)[0]
+    leaf = torch.from_numpy(row[None, :]).requires_grad_(True)
+    w = None if weight is None else torch.from_numpy(weight)
+    lnorm.torch.layer_norm(leaf, n, w, eps=eps).backward(torch.from_numpy(dy))
+    return leaf.grad.numpy()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    row=adversarial_rows(),
+    eps=st.sampled_from([1e-5, 1e-12, 1e-3]),
+    kind=st.sampled_from(["random", "near one", "near x_hat"]),
+    weighted=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_backward_dx_within_the_derived_bound(
+    row: np.ndarray, eps: float, kind: str, weighted: bool, seed: int
+) -> None:
+    # dx within layer_norm_backward_dx(s, max|x_hat|, F) eps rstd max|g| (chapter 6), also
+    # when g = dy * weight lies near span{1, x_hat} and the exact dx cancels.
+    n = row.size
+    rng = np.random.default_rng(seed)
+    x_hat, rstd = moments.standardize(row.astype(np.float64)[None, :], eps)
+    noise = rng.normal(size=(1, n))
+    dy = {"random": noise, "near one": 1 + 1e-4 * noise, "near x_hat": x_hat + 1e-4 * noise}[kind]
+    dy = dy.astype(np.float32)
+    weight = rng.uniform(0.5, 1.5, n).astype(np.float32) if weighted else None
+    reference = lnorm.numpy.layer_norm_backward(
+        dy.astype(np.float64), row.astype(np.float64)[None, :], n,
+        None if weight is None else weight.astype(np.float64), eps=eps,
+    )[0]
+    g = dy.astype(np.float64) * (1.0 if weight is None else weight.astype(np.float64))
+    scale = 2 * U32 * float(rstd[0, 0]) * np.abs(g).max()
+    for backend, s in (("numpy", numpy_growth(n)), ("torch", any_order_growth(n))):
+        dx = _backward_dx(backend, dy, row, weight, eps)
+        forward = bound_in_eps_units(row, s, eps)
+        units = bounds.layer_norm_backward_dx(s, float(np.abs(x_hat).max()), forward)
+        assert np.abs(dx - reference).max() <= units * scale, (backend, kind)
+
+
+def test_backward_dx_bound_formula() -> None:
+    # ((s + 5) + (s + 4) X) / 2 + F X (1 + X) + (2 + X)(1 + F), F = (5s + 25)/4 by default
+    assert bounds.layer_norm_backward_dx(0, 0.0, 0.0) == 2.5 + 2
+    assert bounds.layer_norm_backward_dx(28, 4.0) == (33 + 32 * 4) / 2 + 41.25 * 20 + 6 * 42.25

@@ -81,6 +81,30 @@ def layer_norm_forward(
     return (5 * s + 25) / 4 + first_case + (s + 1) * (s + 3) * u * min(kappa, cap)
 
 
+def layer_norm_backward_dx(
+    s: int, max_abs_x_hat: float, forward: float | None = None
+) -> float:
+    """Bound on the compact form's ``dx`` error, in eps x rstd x max|g| (``g = dy * weight``).
+
+    ``dx = rstd (g - mean(g) - x_hat mean(g x_hat))`` computed in the working precision
+    from ``x_hat`` and ``rstd`` of the forward pass (chapter 6, "The backward's own
+    conditioning"). With ``X = max|x_hat|`` and ``F`` the forward bound (``x_hat`` within
+    ``F eps X``, ``rstd`` within ``F eps`` relative; :func:`layer_norm_forward`, the
+    default), to first order in ``u``::
+
+        ((s + 5) + (s + 4) X) / 2  +  F X (1 + X)  +  (2 + X)(1 + F)
+
+    The first term is the backward's own roundings, the second ``x_hat``'s error
+    through ``mean(g x_hat)``, the third the last two roundings and ``rstd``'s error on
+    ``|dx| <= rstd max|g| (2 + X)``. The unit is ``rstd max|g|``, not ``max|dx|``: when
+    ``g`` lies near span{1, x_hat} the exact ``dx`` is small and the error relative to it
+    grows like ``rstd max|g| / max|dx|``, the backward's own condition number.
+    """
+    f = layer_norm_forward(s) if forward is None else forward
+    x = max_abs_x_hat
+    return ((s + 5) + (s + 4) * x) / 2 + f * x * (1 + x) + (2 + x) * (1 + f)
+
+
 def rms_norm_forward(s: int) -> float:
     """Bound on an RMSNorm forward error, in eps x max|y|, for sums of growth ``s``: ``(s + 11)/4``.
 

@@ -39,22 +39,24 @@ meaning is the same, explained in RMSNorm's words by :data:`RMS_KINDS`), and
 The package, in the order a check runs:
 
 - :mod:`~lnorm.diagnose.kinds`: what each finding kind means and how to fix it;
+- :mod:`~lnorm.diagnose.modules`: reading a module as it is (eps, affine names, layout);
 - :mod:`~lnorm.diagnose.subject`: calling the reader's function or module on a probe;
 - :mod:`~lnorm.diagnose.probes`: the seeded inputs, each built to expose one mistake;
 - :mod:`~lnorm.diagnose.measure`: the measurements the detectors share (the denominator fit);
 - :mod:`~lnorm.diagnose.detectors_common`, :mod:`~lnorm.diagnose.detectors_layer`,
-  :mod:`~lnorm.diagnose.detectors_rms`: the detectors, one function per mistake;
+  :mod:`~lnorm.diagnose.detectors_rms`, :mod:`~lnorm.diagnose.detectors_scope` (layout, long
+  rows), :mod:`~lnorm.diagnose.backward`: the detectors, one function per mistake;
 - :mod:`~lnorm.diagnose.tolerance`: the tolerance a clean report gives;
 - :mod:`~lnorm.diagnose.report`: findings and the report;
 - :mod:`~lnorm.diagnose.checker`: :func:`check`, which runs them all;
 - :mod:`~lnorm.diagnose.cli` and ``__main__``: ``python -m lnorm.diagnose``.
 """
 
-from lnorm.diagnose.checker import ROUNDING_ORDER_KINDS, check
+from lnorm.diagnose.checker import LAYER_NORM_DETECTORS, RMS_NORM_DETECTORS, check
 from lnorm.diagnose.cli import load, main
-from lnorm.diagnose.detectors_layer import LAYER_NORM_DETECTORS
-from lnorm.diagnose.detectors_rms import CAST_FIRST_MATCH, RMS_NORM_DETECTORS
-from lnorm.diagnose.kinds import KINDS, RMS_KINDS, Kind, kind_info
+from lnorm.diagnose.detectors_rms import CAST_FIRST_MATCH
+from lnorm.diagnose.kinds import KINDS, RMS_KINDS, ROUNDING_ORDER_KINDS, Kind, kind_info
+from lnorm.diagnose.modules import ChannelsLast, channels_last
 from lnorm.diagnose.measure import Context, fitted_denominator, growth_exponent, row_statistics
 from lnorm.diagnose.probes import OFFSETS, layer_norm_probes, rms_norm_probes
 from lnorm.diagnose.report import Finding, Measurement, Report
@@ -71,6 +73,7 @@ __all__ = [
     "RMS_TOLERANCE_BOUND",
     "ROUNDING_ORDER_KINDS",
     "Call",
+    "ChannelsLast",
     "Context",
     "Finding",
     "Kind",
@@ -78,6 +81,7 @@ __all__ = [
     "Probe",
     "Report",
     "Subject",
+    "channels_last",
     "check",
     "fitted_denominator",
     "growth_exponent",

@@ -26,7 +26,8 @@ def detect_raises(ctx: Context) -> Finding | None:
     Every detector that needs the output of a probe that raised stands down for
     that probe, so a crash is reported once, here.
     """
-    failed = [c for c in ctx.calls.values() if c.error is not None]
+    # A call that also runs the backward (the input requires grad) is the backward's to judge.
+    failed = [c for c in ctx.calls.values() if c.error is not None and c.probe.dy is None]
     if not failed:
         return None
     first = failed[0]
@@ -236,9 +237,12 @@ def detect_eps_mismatch(ctx: Context) -> Finding | None:
         return None
     eps, used = next((e, u) for e, u in wrong.items() if e is not None)
     used_text = f"{used:.3g}" if used > 0 else "no eps at all"
+    told = f"called with eps={eps:g}"
+    if ctx.subject.is_module:
+        told = f"its eps is {eps:g} ({ctx.subject.eps_source}), but"
     return Finding(
         "eps_mismatch",
-        f"called with eps={eps:g}, it uses {used_text} inside the square root",
+        f"{told} it uses {used_text} inside the square root",
         {"eps passed -> eps used": {_eps_text(k): v for k, v in wrong.items()}},
         ctx.subject.norm,
     )
@@ -258,7 +262,7 @@ def detect_wrong_output(ctx: Context) -> Finding | None:
     Runs only when nothing else was found, so that a mistake already named is
     not reported twice.
     """
-    if ctx.findings:
+    if ctx.mistakes:
         return None
     call = ctx.calls["basic"]
     if call.output is None:

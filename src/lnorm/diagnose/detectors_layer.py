@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
-
 import numpy as np
 
 from lnorm.diagnose.detectors_common import (
@@ -369,19 +367,37 @@ def detect_affine_wrong(ctx: Context) -> Finding | None:
     )
 
 
-#: The LayerNorm detectors, in the order they run.
-LAYER_NORM_DETECTORS: tuple[Callable[[Context], Finding | None], ...] = (
-    detect_raises,
-    detect_dtype_changed,
-    detect_mutates_input,
-    detect_wrong_axis,
-    detect_eps_ignored,
-    detect_nan_spreads,
-    detect_bessel_correction,
-    detect_eps_outside_sqrt,
-    detect_eps_mismatch,
-    detect_one_pass_variance,
-    detect_low_precision_accumulation,
-    detect_affine_wrong,
-    detect_wrong_output,
-)
+#: |row mean of the output| / rms of the output row above this: the row was not centred.
+NOT_CENTRED_FRACTION = 0.1
+
+
+def detect_does_not_centre(ctx: Context) -> Finding | None:
+    """``does_not_centre``: the output rows keep the input rows' mean (an RMSNorm, say).
+
+    Input: rows of standard deviation 1 whose means are 1 to 2 of either sign
+    (``offset_rows``, no weight or bias). Measurement: the largest |mean(y)| / rms(y) over
+    the rows. Threshold: 0.1. LayerNorm's output rows have mean 0 up to rounding (below 1e-5
+    of rms(y) for these rows, see ``wrong_axis``); a function that does not subtract the mean
+    keeps ``mean / sqrt(mean^2 + var) >= 0.7`` of it. The mirror of RMSNorm's
+    ``centres_rows``. Runs before the eps detectors, which assume a centred row, and makes
+    them stand down: the mistake is the formula, and the eps would be misread.
+    """
+    y = ctx.output("offset_rows")
+    if y is None or ctx.rows_unreliable:
+        return None
+    flat = y.reshape(y.shape[0], -1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.abs(flat.mean(axis=1)) / np.sqrt((flat * flat).mean(axis=1))
+    largest = float(np.max(ratio)) if np.all(np.isfinite(ratio)) else float("inf")
+    if not ctx.measure(
+        "does_not_centre", "largest |row mean(y)| / rms(y)", largest, NOT_CENTRED_FRACTION
+    ).flagged:
+        return None
+    ctx.rows_unreliable = True
+    return Finding(
+        "does_not_centre",
+        f"on rows whose means are 1 to 2 standard deviations from zero, its output rows keep "
+        f"means up to {largest:.2g} of their rms (LayerNorm's are 0). This is an RMSNorm: "
+        "check it with norm='rms'",
+        {"largest |row mean(y)| / rms(y)": largest},
+    )

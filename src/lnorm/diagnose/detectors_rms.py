@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
-
 import numpy as np
 import torch
 
@@ -23,7 +21,7 @@ from lnorm.diagnose.detectors_common import (
 from lnorm.diagnose.detectors_layer import AFFINE_MATCH
 from lnorm.diagnose.measure import Context, fitted_denominator
 from lnorm.diagnose.report import Finding
-from lnorm.diagnose.subject import _TORCH_DTYPES, _rounded
+from lnorm.diagnose.subject import _TORCH_DTYPES, CAST_ORDERS, _rounded
 
 
 #: Groups whose mean squares are all within this range of their median were scaled alike.
@@ -211,7 +209,9 @@ def detect_eps_default_mismatch(ctx: Context) -> Finding | None:
     return Finding(
         "eps_default_mismatch",
         f"{called} it uses {used}; torch.nn.functional.rms_norm uses "
-        f"{2.0**-23:.3g} (float32's machine epsilon) for float16, bfloat16 and float32 inputs",
+        f"{2.0**-23:.3g} (float32's machine epsilon) for float16, bfloat16 and float32 inputs "
+        "in recent torch versions (older ones, before pytorch#142848 of January 2025, used "
+        "torch.finfo(x.dtype).eps)",
         {"eps used with eps=None, by input dtype": seen, "torch's": 2.0**-23},
         "rms",
     )
@@ -335,8 +335,8 @@ def detect_rms_affine_wrong(ctx: Context) -> Finding | None:
     matches = [k for k, v in distance.items() if v <= AFFINE_MATCH]
     what = matches[0] if matches else "the weight applied in some other way"
     note = (
-        " (right only where the stored weight is w - 1, as in Gemma; torch.nn.RMSNorm and "
-        "LLaMA multiply by the weight itself)"
+        " (right only where the stored weight is w - 1, as in Gemma: then pass cast='gemma'; "
+        "torch.nn.RMSNorm and LLaMA multiply by the weight itself)"
         if what == "the weight applied as (1 + weight)"
         else ""
     )
@@ -348,14 +348,20 @@ def detect_rms_affine_wrong(ctx: Context) -> Finding | None:
     )
 
 
-#: Fraction of outputs differing from multiply-first above which cast-first is suspected ...
+#: Fraction of outputs differing from one order above which the other order is suspected ...
 CAST_ORDER_FRACTION = 0.10
-#: ... provided the outputs match cast-first except for at most this fraction.
+#: ... provided the outputs match the other order except for at most this fraction.
 CAST_FIRST_MATCH = 0.02
+#: The orders of roundings, in words.
+ORDER_WORDS = {
+    "multiply": "torch's order (multiply in float32, round once)",
+    "cast": "the cast-first order of LLaMA, Mistral and T5 (round x_hat to 16 bits, multiply)",
+}
 
 
 def detect_cast_order(ctx: Context) -> Finding | None:
-    """``cast_order``: for 16-bit input and weight, it rounds ``x_hat`` to 16 bits, then multiplies.
+    """``cast_order`` (a note): for 16-bit input and weight, it rounds in another order than
+    the one ``cast=`` names.
 
     Input: float16 (and, in torch, bfloat16) rows of root mean square 1/2 to 2
     with a weight of the same 16-bit dtype (0.5 <= |w| <= 2, either sign), as a
@@ -363,17 +369,21 @@ def detect_cast_order(ctx: Context) -> Finding | None:
     own float32 output ``p`` without weight (the same values), torch's order
     ``round16(p * w)`` (multiply in float32, round once) and the cast-first
     order ``round16(round16(p) * w)``; the fraction of the function's outputs
-    that differ from each. Threshold: more than 10% differ from multiply-first
-    and at most 2% from cast-first. The two orders differ in a quarter of the
-    outputs, each by one ulp (chapter 10 predicts 26% and measures 20% to 32%);
-    a function that multiplies first differs from multiply-first only where
-    its 16-bit path's float32 values differ from its float32 path's, a
-    fraction below 2**-12 (see ``low_precision_accumulation``). Stands down
-    when the statistics are already in 16 bits (which also rounds before the
-    weight) or the weight is applied wrongly.
+    that differ from each. Threshold: more than 10% differ from one order and
+    at most 2% from the other: the function follows the other. The two orders
+    differ in a quarter of the outputs, each by one ulp (chapter 10 predicts
+    26% and measures 20% to 32%); a function that follows one order differs
+    from it only where its 16-bit path's float32 values differ from its float32
+    path's, a fraction below 2**-12 (see ``low_precision_accumulation``). The
+    order named by ``cast=`` (torch's by default; ``"llama"``, ``"mistral"``, ``"t5"``
+    cast first) is no finding; the other is a note: the float32 output is the
+    same, and the 16-bit outputs differ from the named order's by one ulp.
+    Stands down when the statistics are already in 16 bits (which also rounds
+    before the weight) or the weight is applied wrongly.
     """
     if ctx.found("low_precision_accumulation") or ctx.found("affine_wrong"):
         return None
+    expected = CAST_ORDERS[ctx.subject.cast]
     seen, largest = {}, 0.0
     for dtype in ctx.subject.half_dtypes:
         mine, plain = ctx.calls.get(f"{dtype} weight:{dtype}"), ctx.calls.get(f"{dtype}:float32")
@@ -384,20 +394,22 @@ def detect_cast_order(ctx: Context) -> Finding | None:
         p = torch.from_numpy(plain.output).float()
         w = torch.from_numpy(mine.probe.weight).float()
         half = _TORCH_DTYPES[dtype]
-        multiply_first = (p * w).to(half).double().numpy()
-        cast_first = (p.to(half).float() * w).to(half).double().numpy()
-        differ_multiply, ulps = _differ(mine.output, multiply_first, dtype)
-        differ_cast, _ = _differ(mine.output, cast_first, dtype)
-        largest = max(largest, differ_multiply)
-        if differ_multiply > CAST_ORDER_FRACTION and differ_cast <= CAST_FIRST_MATCH:
+        orders = {
+            "multiply": (p * w).to(half).double().numpy(),
+            "cast": (p.to(half).float() * w).to(half).double().numpy(),
+        }
+        differ = {k: _differ(mine.output, v, dtype) for k, v in orders.items()}
+        other = "cast" if expected == "multiply" else "multiply"
+        largest = max(largest, differ[expected][0])
+        if differ[expected][0] > CAST_ORDER_FRACTION and differ[other][0] <= CAST_FIRST_MATCH:
             seen[dtype] = {
-                "outputs differing from multiply-first": differ_multiply,
-                "largest ulps": ulps,
-                "outputs differing from cast-first": differ_cast,
-            }
+                f"outputs differing from {'multiply-first' if k == 'multiply' else 'cast-first'}":
+                    differ[k][0]
+                for k in ("multiply", "cast")
+            } | {"largest ulps": differ[expected][1], "order": other}
     ctx.measure(
         "cast_order",
-        "fraction of 16-bit outputs differing from round16(x_hat * weight)",
+        f"fraction of 16-bit outputs differing from the order of cast={ctx.subject.cast!r}",
         largest,
         CAST_ORDER_FRACTION,
     )
@@ -405,31 +417,15 @@ def detect_cast_order(ctx: Context) -> Finding | None:
         return None
     dtype = "bfloat16" if "bfloat16" in seen else next(iter(seen))  # a bfloat16 model's case first
     v = seen[dtype]
+    other = v["order"]
+    suggestion = "cast='llama'" if other == "cast" else "cast='torch'"
     return Finding(
         "cast_order",
-        f"with {dtype} input and weight, {v['outputs differing from multiply-first']:.0%} of its "
-        f"outputs differ from torch's order (multiply in float32, round once), by up to "
-        f"{_ulps(v['largest ulps'])}; they match round16(round16(x_hat) * weight) "
-        f"(differing in {v['outputs differing from cast-first']:.1%})",
+        f"with {dtype} input and weight it rounds in {ORDER_WORDS[other]}, not in "
+        f"{ORDER_WORDS[expected]} as cast={ctx.subject.cast!r} says: "
+        f"{v['outputs differing from multiply-first']:.0%} of its outputs differ from "
+        f"multiply-first, {v['outputs differing from cast-first']:.1%} from cast-first, by up to "
+        f"{_ulps(v['largest ulps'])}. If your model rounds so, pass {suggestion}",
         {"by dtype": seen},
         "rms",
     )
-
-
-#: The RMSNorm detectors, in the order they run.
-RMS_NORM_DETECTORS: tuple[Callable[[Context], Finding | None], ...] = (
-    detect_raises,
-    detect_dtype_changed,
-    detect_mutates_input,
-    detect_rms_wrong_axis,
-    detect_rms_eps_ignored,
-    detect_nan_spreads,
-    detect_centres_rows,
-    detect_eps_outside_sqrt,
-    detect_eps_mismatch,
-    detect_eps_default_mismatch,
-    detect_rms_low_precision,
-    detect_rms_affine_wrong,
-    detect_cast_order,
-    detect_wrong_output,
-)

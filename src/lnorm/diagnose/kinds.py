@@ -91,21 +91,51 @@ KINDS: dict[str, Kind] = {
         "compare your formula with chapter 1's, step by step, on a small input",
         "chapter 1, LayerNorm from first principles",
     ),
+    "does_not_centre": Kind(
+        "its output rows keep the input rows' mean: it does not subtract the mean",
+        "a LayerNorm subtracts each row's mean: y = (x - mean) / sqrt(var + eps). If this is "
+        "an RMSNorm (T5's \"LayerNorm\" is one), check it with norm='rms'",
+        "chapter 10, RMSNorm (From LayerNorm to RMSNorm)",
+    ),
+    "channels_first": Kind(
+        "it normalizes dimension 1 (channels first, as ConvNeXt's LayerNorm on NCHW), not the "
+        "trailing normalized_shape",
+        "check it through the adapter that moves the channels last: "
+        "diagnose.check(diagnose.channels_last(module))",
+        "chapter 9, Is my LayerNorm right? (Layouts other than channels-last)",
+    ),
+    "wrong_long_rows": Kind(
+        "on long rows (4096 and 4097 elements) the output differs from LayerNorm by more "
+        "than rounding error, though short rows are right",
+        "look at the code path for long rows: several blocks per row, the masked last block "
+        "of an odd length, the sums combined across blocks",
+        "chapter 8, A Triton kernel",
+    ),
+    "wrong_gradient": Kind(
+        "the backward pass differs from LayerNorm's gradient by more than rounding error",
+        "dx = rstd * (g - mean(g) - x_hat * mean(g * x_hat)) with g = dy * weight; "
+        "dweight = sum over rows of dy * x_hat; dbias = sum over rows of dy. Do not detach "
+        "the mean or rstd",
+        "chapter 6, The backward pass",
+    ),
     # RMSNorm only (check(fn, norm="rms")):
     "eps_default_mismatch": Kind(
         "called with eps=None, it does not use torch's default, float32's machine epsilon "
-        "(2**-23 = 1.19e-7, for float16 and bfloat16 inputs too)",
+        "(2**-23 = 1.19e-7, for float16 and bfloat16 inputs too, in recent torch versions)",
         "resolve eps=None as torch.finfo(torch.float32).eps for 16- and 32-bit inputs "
         "(torch.finfo(x.dtype).eps for float64), or pass the model's eps explicitly: "
-        "eps=None and a hard-coded 1e-6 differ by more than rounding",
+        "eps=None and a hard-coded 1e-6 differ by more than rounding. Older torch versions "
+        "used torch.finfo(x.dtype).eps for 16-bit inputs (pytorch#142848, merged in January "
+        "2025, changed it), as their documentation still said after",
         "chapter 10, RMSNorm (eps=None is not 1e-6)",
     ),
     "cast_order": Kind(
-        "for 16-bit inputs and weight, the normalized value is rounded to 16 bits before the "
-        "weight multiplies it (two roundings), where torch multiplies in float32 and rounds once",
-        "multiply first, round once: (x_hat * weight.float()).to(x.dtype). Cast first is "
-        "LLaMA's order: keep it if you must match a model trained with it, and then compare "
-        "with torch allowing one 16-bit ulp",
+        "for 16-bit inputs and weight, it rounds in another order than the one named by cast= "
+        "(torch's: multiply in float32, round once; LLaMA's, T5's: round x_hat to 16 bits, "
+        "then multiply)",
+        "a note, not a mistake: pass the order of the model you must match, "
+        "check(..., cast='llama'), or multiply first, round once: "
+        "(x_hat * weight.float()).to(x.dtype). The two orders differ by one 16-bit ulp",
         "chapter 10, RMSNorm (The cast order of a bfloat16 model)",
     ),
     "centres_rows": Kind(
@@ -164,6 +194,24 @@ RMS_KINDS: dict[str, Kind] = {
         "only for a model that stores w - 1 (Gemma), not for torch.nn.RMSNorm or LLaMA",
         "chapter 10, RMSNorm (Exercises: the (1 + weight) parameterization)",
     ),
+    "wrong_long_rows": Kind(
+        "on long rows (4096 and 4097 elements) the output differs from RMSNorm by more "
+        "than rounding error, though short rows are right",
+        KINDS["wrong_long_rows"].fix,
+        "chapter 10, RMSNorm",
+    ),
+    "wrong_gradient": Kind(
+        "the backward pass differs from RMSNorm's gradient by more than rounding error",
+        "dx = rstd * (g - x_hat * mean(g * x_hat)) with g = dy * weight; "
+        "dweight = sum over rows of dy * x_hat. Do not detach rstd",
+        "chapter 10, RMSNorm",
+    ),
+    "channels_first": Kind(
+        KINDS["channels_first"].title,
+        "check it through the adapter that moves the channels last: "
+        "diagnose.check(diagnose.channels_last(module), norm='rms')",
+        KINDS["channels_first"].chapter,
+    ),
     "wrong_output": Kind(
         "the output differs from RMSNorm by more than rounding error, in a way none of the "
         "specific detectors recognizes",
@@ -188,3 +236,9 @@ def _eps_text(eps: float | None) -> str:
 def eps_probe_name(eps: float | None) -> str:
     """The name of the eps probe called with ``eps``."""
     return f"eps={_eps_text(eps)}"
+
+
+#: Findings that are a different order of roundings, not a different formula: the float32 output
+#: is unchanged, and 16-bit outputs differ from torch's by one 16-bit ulp at most. They are notes:
+#: the report stays ok and gives the float32 tolerance.
+ROUNDING_ORDER_KINDS = frozenset({"cast_order"})

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lnorm.diagnose.kinds import ROUNDING_ORDER_KINDS
 from lnorm.diagnose.report import Finding, Measurement
 from lnorm.diagnose.subject import Call, Subject
 
@@ -80,11 +81,17 @@ class Context:
     """The calls of one check, and what the detectors have found and learned so far."""
 
     subject: Subject
+    #: The calls judged as LayerNorm's (or RMSNorm's), by probe name.
     calls: dict[str, Call]
+    #: Calls on inputs of another layout (channels first), read only by detect_channels_first.
+    side_calls: dict[str, Call] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
-    #: Set by detect_wrong_axis when plain 2-d rows are normalized over the wrong axes: the row
-    #: detectors' measurements would then be meaningless, and they stand down.
+    #: Set by detect_wrong_axis when plain 2-d rows are normalized over the wrong axes, and by
+    #: detect_does_not_centre when rows are not centred: the row detectors' measurements would
+    #: then be meaningless, and they stand down.
     rows_unreliable: bool = False
+    #: Set by detect_channels_first: every other detector stands down (see checker.check).
+    layout_wrong: bool = False
     #: What the function divides by, per eps, as measured (see Denominator).
     denominators: dict[float, Denominator] = field(default_factory=dict)
     #: The deciding measurement of each numerical detector that ran.
@@ -103,6 +110,11 @@ class Context:
         """The output of a probe, or None when the call raised or returned something unusable."""
         call = self.calls.get(probe)
         return None if call is None else call.output
+
+    @property
+    def mistakes(self) -> list[Finding]:
+        """The findings so far that are mistakes, not notes on an order of roundings."""
+        return [f for f in self.findings if f.kind not in ROUNDING_ORDER_KINDS]
 
     def found(self, kind: str) -> bool:
         return any(f.kind == kind for f in self.findings)

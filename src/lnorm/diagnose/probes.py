@@ -26,6 +26,9 @@ EPS_PROBE_STDS = tuple(2.0**k for k in range(-24, 7))
 BESSEL_STDS = (1.0, 8.0, 64.0)
 #: Mean offset (in standard deviations) of the 16-bit accuracy probe.
 HALF_OFFSET = 128.0
+#: Row lengths of the long-row probes: a kernel's path for long rows (several tiles, a masked
+#: last one) runs only there.
+LONG_ROWS = (4096, 4097)
 
 
 def _standard_rows(rng: np.random.Generator, rows: int, row_shape: tuple[int, ...]) -> np.ndarray:
@@ -130,6 +133,7 @@ def layer_norm_probes(subject: Subject, half: bool, seed: int = 0) -> dict[str, 
         x_big = _rounded(_scaled(_standard_rows(rng, 8, rows), np.full(8, 300.0), 100.0), "float16")
         for work in ("float16", "float32"):
             add(f"float16 overflow:{work}", x_big, work)
+    _add_scope_probes(subject, np.random.default_rng([seed, 1]), add)
     return {probe.name: probe for probe in probes}
 
 
@@ -183,7 +187,7 @@ def rms_norm_probes(subject: Subject, half: bool, seed: int = 0) -> dict[str, Pr
         _scaled(_standard_rows(rng, 16, rows), rng.uniform(0.5, 2, 16), rng.uniform(-2, 2, 16)),
         "float32",
     )
-    weight = _rounded(rng.uniform(0.5, 2.0, rows) * rng.choice([-1.0, 1.0], rows), "float32")
+    weight = _stored(rng.uniform(0.5, 2.0, rows) * rng.choice([-1.0, 1.0], rows), "float32", subject)
     w = weight if subject.has_weight else None
     add("basic", basic, weight=w)
     add("plain", basic)
@@ -221,7 +225,7 @@ def rms_norm_probes(subject: Subject, half: bool, seed: int = 0) -> dict[str, Pr
             x16 = _rounded(_scaled(z, rng.uniform(0.5, 2, 32), rng.uniform(-1, 1, 32)), dtype)
             for work in (dtype, "float32"):
                 add(f"{dtype}:{work}", x16, work)
-            w16 = _rounded(rng.uniform(0.5, 2.0, rows) * rng.choice([-1.0, 1.0], rows), dtype)
+            w16 = _stored(rng.uniform(0.5, 2.0, rows) * rng.choice([-1.0, 1.0], rows), dtype, subject)
             add(f"{dtype} weight:{dtype}", x16, dtype, weight=w16 if subject.has_weight else None)
             if None in subject.eps_values:
                 small = np.repeat(RMS_HALF_EPS_RMS, 4)
@@ -232,4 +236,49 @@ def rms_norm_probes(subject: Subject, half: bool, seed: int = 0) -> dict[str, Pr
         x_big = _rounded(_scaled(_standard_rows(rng, 8, rows), np.full(8, 300.0)), "float16")
         for work in ("float16", "float32"):
             add(f"float16 overflow:{work}", x_big, work)
+    _add_scope_probes(subject, np.random.default_rng([seed, 1]), add)
     return {probe.name: probe for probe in probes}
+
+
+def _stored(weight: np.ndarray, dtype: str, subject: Subject) -> np.ndarray:
+    """A weight whose stored form is exact in ``dtype``: Gemma's stores ``weight - 1``."""
+    offset = subject.weight_offset
+    return offset + _rounded(weight - offset, dtype)
+
+
+def _add_scope_probes(subject: Subject, rng: np.random.Generator, add) -> None:
+    """The probes of the checker's scope, drawn from their own generator (the other probes'
+    inputs stay as they were): rows whose means are 1 to 2 standard deviations from zero
+    (does the function centre them?), long rows of 4096 and 4097 elements for a function,
+    the backward on ordinary and long rows, and a channels-first input for a module.
+    """
+    rows, layer = subject.row_shape, subject.norm == "layer"
+    if layer:  # RMSNorm's probes have these rows already
+        means = rng.uniform(1.0, 2.0, 16) * rng.choice([-1.0, 1.0], 16)
+        add("offset_rows", _scaled(_standard_rows(rng, 16, rows), np.ones(16), means))
+
+    def ordinary(count: int, shape: tuple[int, ...]) -> dict:
+        x = _scaled(_standard_rows(rng, count, shape), rng.uniform(0.5, 2, count),
+                    rng.uniform(-2, 2, count))
+        weight = rng.uniform(0.5, 2.0, shape) * rng.choice([-1.0, 1.0], shape)
+        return {
+            "x": _rounded(x, "float32"),
+            "weight": _stored(weight, "float32", subject) if subject.has_weight else None,
+            "bias": _rounded(rng.uniform(-1, 1, shape), "float32") if subject.has_bias else None,
+            "dy": _rounded(rng.standard_normal(x.shape), "float32"),
+        }
+
+    basic = ordinary(16, rows)
+    long_rows = [] if subject.is_module else [n for n in LONG_ROWS if (n,) != rows]
+    long = {n: ordinary(4, (n,)) for n in long_rows}
+    for n, a in long.items():
+        add(f"long:{n}", a["x"], weight=a["weight"], bias=a["bias"], normalized_shape=(n,))
+    if subject.framework == "torch":
+        add("grad", basic["x"], weight=basic["weight"], bias=basic["bias"], dy=basic["dy"])
+        for n, a in long.items():
+            add(f"grad long:{n}", a["x"], weight=a["weight"], bias=a["bias"], dy=a["dy"],
+                normalized_shape=(n,))
+    if subject.is_module and len(rows) == 1:
+        width = 7 if rows[0] != 7 else 9  # not the channels' count, so the layouts differ
+        add("channels_first", _axis_test_input(rng, (2,), (rows[0], 3, width)), side=True,
+            normalized_shape=rows)

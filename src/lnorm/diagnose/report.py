@@ -6,7 +6,7 @@ import math
 import textwrap
 from dataclasses import dataclass, field
 
-from lnorm.diagnose.kinds import NORM_NAMES, kind_info
+from lnorm.diagnose.kinds import NORM_NAMES, ROUNDING_ORDER_KINDS, kind_info
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,17 @@ class Finding:
             _wrap(f"read: {info.chapter}", "  "),
         ]
         return "\n".join(part for part in parts if part)
+
+    @property
+    def is_note(self) -> bool:
+        """An order of roundings (a note), not a mistake."""
+        return self.kind in ROUNDING_ORDER_KINDS
+
+    def line(self) -> str:
+        """The finding in one (wrapped) line: its kind, what was seen, and the fix."""
+        fix = kind_info(self.kind, self.norm).fix
+        return _wrap(f"{'note ' if self.is_note else ''}[{self.kind}] {self.message}. Fix: {fix}",
+                     "  ")
 
 
 @dataclass(frozen=True)
@@ -74,38 +85,62 @@ class Report:
     #: the class's envelope as it is; above 1, the envelope is scaled up by a power of 2.
     envelope_ratio: float | None = None
 
+    #: What the checker assumed, and what it checked or could not check, one line each.
+    notes: tuple[str, ...] = ()
+
     @property
     def ok(self) -> bool:
-        """True when nothing was found."""
-        return not self.findings
+        """True when nothing was found but notes on an order of roundings (``cast_order``)."""
+        return all(finding.is_note for finding in self.findings)
 
     @property
     def kinds(self) -> list[str]:
-        """The kinds found, in the order the detectors run."""
+        """The kinds found, in the order the detectors run (notes included)."""
         return [finding.kind for finding in self.findings]
 
-    def __str__(self) -> str:
-        head = f"{self.name} ({self.framework}): "
-        if self.ok:
-            lines = [head + f"no findings: on every probe it behaves as {NORM_NAMES[self.norm]}."]
-        else:
-            count = len(self.findings)
-            lines = [head + f"{count} finding{'s' if count > 1 else ''}"]
-            lines += [str(finding) for finding in self.findings]
+    def tolerance_code(self) -> str | None:
+        """The tolerance as a line of code to paste, or None."""
         if self.tolerance is None:
-            lines.append(
-                "tolerance: none until the findings are fixed (they are not rounding error)"
-            )
+            return None
+        rtol, atol = self.tolerance
+        return f"torch.testing.assert_close(mine, ref, rtol={rtol:g}, atol={atol:.2g})"
+
+    def verdict(self) -> str:
+        """One line: the name, and whether it behaves as the norm."""
+        head = f"{self.name} ({self.framework}): "
+        mistakes = [f for f in self.findings if not f.is_note]
+        if not mistakes:
+            return head + f"no findings: on every probe it behaves as {NORM_NAMES[self.norm]}."
+        count = len(mistakes)
+        return head + f"{count} finding{'s' if count > 1 else ''}: not {NORM_NAMES[self.norm]} yet."
+
+    def __str__(self) -> str:
+        """The report to read in five seconds: the verdict, one line per finding and note, and
+        the tolerance as a line of code; :meth:`details` has the evidence and the derivations."""
+        lines = [self.verdict()]
+        lines += [finding.line() for finding in self.findings]
+        lines += [_wrap(f"note: {note}", "  ") for note in self.notes]
+        code = self.tolerance_code()
+        lines.append(
+            f"tolerance: {code}" if code else
+            "tolerance: none until the findings are fixed (they are not rounding error)"
+        )
+        lines.append("details: report.details() (python -m lnorm.diagnose ... --verbose)")
+        return "\n".join(lines)
+
+    def details(self) -> str:
+        """Everything: each finding with its evidence, fix and chapter; the notes; the
+        tolerance and how it was derived; every detector's deciding measurement."""
+        lines = [self.verdict()]
+        lines += [str(finding) for finding in self.findings]
+        lines += [_wrap(f"note: {note}", "") for note in self.notes]
+        code = self.tolerance_code()
+        if code:
+            lines.append(_wrap(f"tolerance: {code}, because {self.tolerance_reason}.", ""))
         else:
-            rtol, atol = self.tolerance
-            lines.append(
-                _wrap(
-                    "tolerance: compare its float32 output with torch's by "
-                    f"torch.testing.assert_close(mine, theirs, rtol={rtol:g}, atol={atol:.1e}), "
-                    f"tolerances by keyword: {self.tolerance_reason}.",
-                    "",
-                )
-            )
+            lines.append("tolerance: none until the findings are fixed")
+        lines.append("measurements (each detector's deciding quantity):")
+        lines += [_wrap(f"{kind}: {m}", "  ") for kind, m in self.measurements.items()]
         return "\n".join(lines)
 
 

@@ -16,6 +16,7 @@ from lnorm.diagnose.detectors_common import (
     detect_raises,
     detect_wrong_output,
 )
+from lnorm.diagnose.kinds import eps_probe_name
 from lnorm.diagnose.measure import Context, fitted_denominator, growth_exponent
 from lnorm.diagnose.probes import BESSEL_STDS, EPS_PROBE_STDS, FITTED_OFFSETS, OFFSETS
 from lnorm.diagnose.report import Finding
@@ -142,7 +143,7 @@ def detect_bessel_correction(ctx: Context) -> Finding | None:
     sums (growth factor s = log2 N) give (s + 8) u, which covers rows of up to
     65,536 elements. Measured on 64-element rows: about 1e-7 (chapter 9).
     """
-    probe = f"eps={ctx.eps:g}"
+    probe = eps_probe_name(ctx.eps)
     y = ctx.output(probe)
     if y is None or ctx.rows_unreliable:
         return None
@@ -397,7 +398,7 @@ def detect_does_not_centre(ctx: Context) -> Finding | None:
     return Finding(
         "does_not_centre",
         f"on rows whose means are 1 to 2 standard deviations from zero, its output rows keep "
-        f"means up to {largest:.2g} of their rms (LayerNorm's are 0). This is an RMSNorm: "
-        "check it with norm='rms'",
+        f"means up to {largest:.2g} of their rms (LayerNorm's are 0): this is an RMSNorm "
+        "(T5's \"LayerNorm\" is one)? Check it with norm='rms'",
         {"largest |row mean(y)| / rms(y)": largest},
     )

@@ -93,8 +93,8 @@ KINDS: dict[str, Kind] = {
     ),
     "does_not_centre": Kind(
         "its output rows keep the input rows' mean: it does not subtract the mean",
-        "a LayerNorm subtracts each row's mean: y = (x - mean) / sqrt(var + eps). If this is "
-        "an RMSNorm (T5's \"LayerNorm\" is one), check it with norm='rms'",
+        "if it is meant as a LayerNorm, subtract each row's mean: "
+        "y = (x - mean) / sqrt(var + eps)",
         "chapter 10, RMSNorm (From LayerNorm to RMSNorm)",
     ),
     "channels_first": Kind(

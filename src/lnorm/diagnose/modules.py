@@ -121,7 +121,7 @@ def read_module(
     if eps != "unset":
         return ModuleLayout(row_shape, weight, bias, eps, "passed as eps=", notes)
     found = find_eps(module)
-    if found is not None:
+    if found is not None and (found[1] is not None or norm == "rms"):  # None: RMSNorm's default
         return ModuleLayout(row_shape, weight, bias, found[1], f"its attribute {found[0]}", notes)
     if norm == "rms":
         default, said = None, "torch's default (eps=None: 2**-23 for 16- and 32-bit inputs)"

@@ -96,7 +96,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The command line: exit status 0 without findings, 1 with, 2 for a usage error."""
+    """The command line: returns exit status 0 without findings, 1 with; exits with status 2,
+    after one line on stderr, for a usage error."""
     try:
         args = parser().parse_args(argv)
         try:
@@ -117,8 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         except (ValueError, TypeError, NotImplementedError, RuntimeError) as error:
             raise UsageError(str(error).splitlines()[0] if str(error) else repr(error)) from None
-    except UsageError as error:
+    except UsageError as error:  # exits, as argparse does, so that callers of main() see it too
         print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 2
+        raise SystemExit(2) from None
     print(report.details() if args.verbose else report)
     return 0 if report.ok else 1

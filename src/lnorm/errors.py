@@ -78,7 +78,7 @@ def eps_units(actual: object, expected: object) -> float:
 def ulp_distance(
     actual: np.ndarray, expected: np.ndarray, dtype: str | None = None
 ) -> np.ndarray:
-    """How many representable numbers of a dtype lie between actual and expected, both rounded to it.
+    """How many numbers of a dtype lie between actual and expected, both rounded to it.
 
     0 means equal after rounding, 1 means neighbours. The dtype is actual's (float16, float32 or
     float64) unless ``dtype`` names one: "float16", "float32", "float64", or "bfloat16", which

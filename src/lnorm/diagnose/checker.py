@@ -154,7 +154,7 @@ def _scope(ctx: Context) -> str:
     """What was probed, in one line: dtypes and row lengths."""
     dtypes = sorted({c.probe.dtype for c in ctx.calls.values()}, key=len)
     lengths = sorted({int(np.prod(c.probe.normalized_shape)) for c in ctx.calls.values()})
-    long = "" if any(n >= 4096 for n in lengths) else " (no long rows: a module's rows are its own)"
+    long = "" if max(lengths) >= 4096 else " (no long rows: a module's rows are its own)"
     device = "" if ctx.subject.device.type == "cpu" else f", on {ctx.subject.device}"
     return (f"probed: {', '.join(dtypes)} inputs, rows of {', '.join(map(str, lengths))}{long}"
             f"{device}")

@@ -187,7 +187,8 @@ def rms_norm_probes(subject: Subject, half: bool, seed: int = 0) -> dict[str, Pr
         _scaled(_standard_rows(rng, 16, rows), rng.uniform(0.5, 2, 16), rng.uniform(-2, 2, 16)),
         "float32",
     )
-    weight = _stored(rng.uniform(0.5, 2.0, rows) * rng.choice([-1.0, 1.0], rows), "float32", subject)
+    weight = rng.uniform(0.5, 2.0, rows) * rng.choice([-1.0, 1.0], rows)
+    weight = _stored(weight, "float32", subject)
     w = weight if subject.has_weight else None
     add("basic", basic, weight=w)
     add("plain", basic)
@@ -225,7 +226,8 @@ def rms_norm_probes(subject: Subject, half: bool, seed: int = 0) -> dict[str, Pr
             x16 = _rounded(_scaled(z, rng.uniform(0.5, 2, 32), rng.uniform(-1, 1, 32)), dtype)
             for work in (dtype, "float32"):
                 add(f"{dtype}:{work}", x16, work)
-            w16 = _stored(rng.uniform(0.5, 2.0, rows) * rng.choice([-1.0, 1.0], rows), dtype, subject)
+            w16 = rng.uniform(0.5, 2.0, rows) * rng.choice([-1.0, 1.0], rows)
+            w16 = _stored(w16, dtype, subject)
             add(f"{dtype} weight:{dtype}", x16, dtype, weight=w16 if subject.has_weight else None)
             if None in subject.eps_values:
                 small = np.repeat(RMS_HALF_EPS_RMS, 4)

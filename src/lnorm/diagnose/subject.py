@@ -80,7 +80,8 @@ class Call:
     @property
     def eps(self) -> float:
         """The eps the reference uses (RMSNorm's None resolved as torch does for these dtypes)."""
-        return rms_norm_eps(self.probe.eps, "float32") if self.probe.norm == "rms" else self.probe.eps
+        p = self.probe
+        return rms_norm_eps(p.eps, "float32") if p.norm == "rms" else p.eps
 
     @property
     def reference(self) -> np.ndarray:

@@ -38,8 +38,9 @@ class Finding:
 
     def line(self) -> str:
         """The finding in one (wrapped) line: its kind, what was seen, and the fix."""
-        fix = kind_info(self.kind, self.norm).fix
-        return _wrap(f"{'note ' if self.is_note else ''}[{self.kind}] {self.message}. Fix: {fix}",
+        if self.is_note:  # its message says what to pass
+            return _wrap(f"note [{self.kind}] {self.message}", "  ")
+        return _wrap(f"[{self.kind}] {self.message}. Fix: {kind_info(self.kind, self.norm).fix}",
                      "  ")
 
 

@@ -308,7 +308,7 @@ class Subject:
                 works[convention] = False
         if works["converted"]:
             self.half_convention = "converted"
-            also = "; it also runs with float32 parameters" if works["float32 parameters"] else ""
+            also = " (it runs with float32 parameters too)" if works["float32 parameters"] else ""
             self.notes.append(f"16-bit inputs: checked as module.to(dtype){also}")
         elif works["float32 parameters"]:
             self.half_convention = "float32 parameters"

@@ -85,7 +85,7 @@ def detect_wrong_gradient(ctx: Context) -> Finding | None:
             if ref[role] is None or (role != "x" and getattr(call.probe, role) is None):
                 continue
             mine = call.grads.get(role)
-            where = f"d{role} ({call.probe.name})"
+            where = f"d{role} (rows of {int(np.prod(call.probe.normalized_shape))})"
             if mine is None:
                 seen[where] = "no gradient at all"
                 continue

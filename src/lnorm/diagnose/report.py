@@ -108,12 +108,16 @@ class Report:
 
     def verdict(self) -> str:
         """One line: the name, and whether it behaves as the norm."""
-        head = f"{self.name} ({self.framework}): "
+        head = f"{self.name} ({self.framework}):"
         mistakes = [f for f in self.findings if not f.is_note]
         if not mistakes:
-            return head + f"no findings: on every probe it behaves as {NORM_NAMES[self.norm]}."
-        count = len(mistakes)
-        return head + f"{count} finding{'s' if count > 1 else ''}: not {NORM_NAMES[self.norm]} yet."
+            verdict = f"no findings: on every probe it behaves as {NORM_NAMES[self.norm]}."
+        else:
+            count = len(mistakes)
+            verdict = f"{count} finding{'s' if count > 1 else ''}: not {NORM_NAMES[self.norm]} yet."
+        # One line where it fits in 88 columns; else the verdict, whole, on a line of its own.
+        joined = f"{head} {verdict}"
+        return joined if len(joined) <= 88 else f"{head}\n  {verdict}"
 
     def __str__(self) -> str:
         """The report to read in five seconds: the verdict, one line per finding and note, and

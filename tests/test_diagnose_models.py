@@ -419,6 +419,12 @@ def test_device_cuda() -> None:
     assert "on cuda" in str(report)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_a_device_torch_cannot_use_is_a_usage_error() -> None:
+    with pytest.raises(ValueError, match="cannot run on device 'cuda'"):
+        diagnose.check(F.layer_norm, device="cuda")
+
+
 # -- items 7 and 8: the report and the command line -------------------------------------------
 
 

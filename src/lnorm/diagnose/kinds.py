@@ -102,14 +102,14 @@ KINDS: dict[str, Kind] = {
         "trailing normalized_shape",
         "check it through the adapter that moves the channels last: "
         "diagnose.check(diagnose.channels_last(module))",
-        "chapter 9, Is my LayerNorm right? (Layouts other than channels-last)",
+        "chapter 9, Is my LayerNorm right? (Channels first: ConvNeXt's LayerNorm)",
     ),
     "wrong_long_rows": Kind(
         "on long rows (4096 and 4097 elements) the output differs from LayerNorm by more "
         "than rounding error, though short rows are right",
         "look at the code path for long rows: several blocks per row, the masked last block "
         "of an odd length, the sums combined across blocks",
-        "chapter 8, A Triton kernel",
+        "chapter 8, A LayerNorm kernel in Triton",
     ),
     "wrong_gradient": Kind(
         "the backward pass differs from LayerNorm's gradient by more than rounding error",

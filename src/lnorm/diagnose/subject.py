@@ -131,6 +131,11 @@ class Subject:
         self.framework = framework
         self.norm = norm
         self.device = torch.device(device)
+        try:  # a device torch cannot use is the caller's mistake, not the function's
+            torch.empty(0, device=self.device)
+        except (RuntimeError, AssertionError) as error:
+            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise ValueError(f"cannot run on device {device!r}: {message}") from None
         self.cast = cast
         #: Gemma stores weight - 1 and multiplies by (1 + weight): the checker hands it
         #: (weight - 1) so that its effective weight is the probe's.

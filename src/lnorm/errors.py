@@ -75,12 +75,19 @@ def eps_units(actual: object, expected: object) -> float:
     return max_abs_error(actual, expected) / (machine_epsilon(actual) * scale)
 
 
-def ulp_distance(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
-    """How many representable numbers of actual's dtype lie between actual and expected (rounded to that dtype).
+def ulp_distance(
+    actual: np.ndarray, expected: np.ndarray, dtype: str | None = None
+) -> np.ndarray:
+    """How many numbers of a dtype lie between actual and expected, both rounded to it.
 
-    0 means equal after rounding, 1 means neighbours. Defined for float16, float32 and float64.
+    0 means equal after rounding, 1 means neighbours. The dtype is actual's (float16, float32 or
+    float64) unless ``dtype`` names one: "float16", "float32", "float64", or "bfloat16", which
+    NumPy lacks: a bfloat16 number is the top half of a float32, so its neighbours are float32
+    numbers 2**16 apart in the ordered integers below.
     """
-    actual = np.asarray(actual)
+    if dtype == "bfloat16":
+        return ulp_distance(_to_bfloat16(actual), _to_bfloat16(expected)) // 2**16
+    actual = np.asarray(actual) if dtype is None else np.asarray(actual).astype(dtype)
     dtype = actual.dtype
     if dtype not in _INT_OF_FLOAT:
         raise TypeError(f"ulp_distance needs float16, float32 or float64 arrays, got {dtype}")
@@ -93,6 +100,13 @@ def ulp_distance(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
         return np.where(bits < 0, np.iinfo(ints).min - bits, bits)
 
     return np.abs(ordered(actual) - ordered(np.asarray(expected).astype(dtype)))
+
+
+def _to_bfloat16(a: object) -> np.ndarray:
+    """``a`` rounded to bfloat16 (to nearest, ties to even), as float32 numbers."""
+    bits = np.ascontiguousarray(as_numpy(a), dtype=np.float32).view(np.uint32).astype(np.uint64)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000  # finite values only
+    return rounded.astype(np.uint32).view(np.float32)
 
 
 @dataclass(frozen=True)

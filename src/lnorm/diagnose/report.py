@@ -1,0 +1,167 @@
+"""Findings, measurements and the report a check returns."""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from dataclasses import dataclass, field
+
+from lnorm.diagnose.kinds import NORM_NAMES, ROUNDING_ORDER_KINDS, kind_info
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One mistake: its ``kind`` (a key of :data:`KINDS`), what was seen, and the measurements."""
+
+    kind: str
+    message: str
+    evidence: dict = field(default_factory=dict)
+    #: "layer" or "rms": which norm's explanation of the kind to print.
+    norm: str = "layer"
+
+    def __str__(self) -> str:
+        info = kind_info(self.kind, self.norm)
+        evidence = "; ".join(f"{k} = {_fmt(v)}" for k, v in self.evidence.items())
+        parts = [
+            _wrap(f"[{self.kind}] {info.title}", ""),
+            _wrap(f"seen: {self.message}", "  "),
+            _wrap(f"evidence: {evidence}", "  ") if evidence else "",
+            _wrap(f"fix: {info.fix}", "  "),
+            _wrap(f"read: {info.chapter}", "  "),
+        ]
+        return "\n".join(part for part in parts if part)
+
+    @property
+    def is_note(self) -> bool:
+        """An order of roundings (a note), not a mistake."""
+        return self.kind in ROUNDING_ORDER_KINDS
+
+    def line(self) -> str:
+        """The finding in one (wrapped) line: its kind, what was seen, and the fix."""
+        if self.is_note:  # its message says what to pass
+            return _wrap(f"note [{self.kind}] {self.message}", "  ")
+        return _wrap(f"[{self.kind}] {self.message}. Fix: {kind_info(self.kind, self.norm).fix}",
+                     "  ")
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """A detector's deciding quantity and the threshold it is held against."""
+
+    quantity: str
+    value: float
+    threshold: float
+    #: True: a finding when value > threshold; False: a finding when value <= threshold.
+    flags_above: bool = True
+
+    @property
+    def flagged(self) -> bool:
+        return self.value > self.threshold if self.flags_above else self.value <= self.threshold
+
+    def __str__(self) -> str:
+        rule = ">" if self.flags_above else "<="
+        return f"{self.quantity}: {self.value:.3g} (a finding when {rule} {self.threshold:g})"
+
+
+@dataclass(frozen=True)
+class Report:
+    """What :func:`check` found for one implementation."""
+
+    name: str
+    framework: str
+    findings: tuple[Finding, ...]
+    #: ``(rtol, atol)`` for comparing the implementation's float32 output with torch's, or None
+    #: when there are findings (a wrong formula is not rounding error), unless every finding is
+    #: an order of roundings that leaves float32 outputs alone (``ROUNDING_ORDER_KINDS``).
+    #: See :func:`tolerance`.
+    tolerance: tuple[float, float] | None
+    #: How the tolerance was derived, in one sentence (None with the tolerance).
+    tolerance_reason: str | None = None
+    #: The deciding measurement of each numerical detector that ran, by kind.
+    measurements: dict[str, Measurement] = field(default_factory=dict)
+    #: "layer" (LayerNorm) or "rms" (RMSNorm): what the implementation was checked as.
+    norm: str = "layer"
+    #: The function's largest measured float32 error on the checker's rows, divided by the
+    #: measured envelope of its class (None with the tolerance). At most 1: the tolerance uses
+    #: the class's envelope as it is; above 1, the envelope is scaled up by a power of 2.
+    envelope_ratio: float | None = None
+
+    #: What the checker assumed, and what it checked or could not check, one line each.
+    notes: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing was found but notes on an order of roundings (``cast_order``)."""
+        return all(finding.is_note for finding in self.findings)
+
+    @property
+    def kinds(self) -> list[str]:
+        """The kinds found, in the order the detectors run (notes included)."""
+        return [finding.kind for finding in self.findings]
+
+    def tolerance_code(self) -> str | None:
+        """The tolerance as a line of code to paste, or None."""
+        if self.tolerance is None:
+            return None
+        rtol, atol = self.tolerance
+        return f"torch.testing.assert_close(mine, ref, rtol={rtol:g}, atol={atol:.2g})"
+
+    def verdict(self) -> str:
+        """One line: the name, and whether it behaves as the norm."""
+        head = f"{self.name} ({self.framework}):"
+        mistakes = [f for f in self.findings if not f.is_note]
+        if not mistakes:
+            verdict = f"no findings: on every probe it behaves as {NORM_NAMES[self.norm]}."
+        else:
+            count = len(mistakes)
+            verdict = f"{count} finding{'s' if count > 1 else ''}: not {NORM_NAMES[self.norm]} yet."
+        # One line where it fits in 88 columns; else the verdict, whole, on a line of its own.
+        joined = f"{head} {verdict}"
+        return joined if len(joined) <= 88 else f"{head}\n  {verdict}"
+
+    def __str__(self) -> str:
+        """The report to read in five seconds: the verdict, one line per finding and note, and
+        the tolerance as a line of code; :meth:`details` has the evidence and the derivations."""
+        lines = [self.verdict()]
+        lines += [finding.line() for finding in self.findings]
+        lines += [_wrap(f"note: {note}", "  ") for note in self.notes]
+        code = self.tolerance_code()
+        lines.append(
+            f"tolerance: {code}" if code else
+            "tolerance: none until the findings are fixed (they are not rounding error)"
+        )
+        lines.append("details: report.details() (python -m lnorm.diagnose ... --verbose)")
+        return "\n".join(lines)
+
+    def details(self) -> str:
+        """Everything: each finding with its evidence, fix and chapter; the notes; the
+        tolerance and how it was derived; every detector's deciding measurement."""
+        lines = [self.verdict()]
+        lines += [str(finding) for finding in self.findings]
+        lines += [_wrap(f"note: {note}", "") for note in self.notes]
+        code = self.tolerance_code()
+        if code:
+            lines.append(_wrap(f"tolerance: {code}, because {self.tolerance_reason}.", ""))
+        else:
+            lines.append("tolerance: none until the findings are fixed")
+        lines.append("measurements (each detector's deciding quantity):")
+        lines += [_wrap(f"{kind}: {m}", "  ") for kind, m in self.measurements.items()]
+        return "\n".join(lines)
+
+
+def _wrap(text: str, indent: str) -> str:
+    """``text`` wrapped to 88 columns, its first line indented by ``indent``, the rest by 4 more."""
+    return textwrap.fill(
+        text, 88, initial_indent=indent, subsequent_indent=indent + "    ", break_on_hyphens=False
+    )
+
+
+def _fmt(value: object) -> str:
+    """Evidence for printing: floats to 3 significant digits, containers element by element."""
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.3g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_fmt(v)}" for k, v in value.items()) + "}"
+    return str(value)

@@ -195,8 +195,7 @@ CORRECT = {
 if importlib.util.find_spec("triton") is not None:  # Linux only; conftest.py set its interpreter
     import lnorm.triton
 
-    if hasattr(lnorm.triton, "rms_norm"):  # not every branch has the Triton RMSNorm yet
-        CORRECT["lnorm.triton"] = (lnorm.triton.rms_norm, "torch")
+    CORRECT["lnorm.triton"] = (lnorm.triton.rms_norm, "torch")
 
 
 @pytest.mark.parametrize("name", sorted(CORRECT))

@@ -5,15 +5,26 @@
     python -m lnorm.bench --device cuda --csv gpu.csv  # GPU: Triton vs torch, forward and backward
     python -m lnorm.bench --ptx DIR                  # no GPU needed: compile for sm_90, read the PTX
 
-The CPU table times RMSNorm (``torch.nn.functional.rms_norm``, ``lnorm.torch.rms_norm``,
-``lnorm.numpy.rms_norm``, all with eps=None) beside LayerNorm, on the same inputs.
-Every implementation runs single-threaded (``torch.set_num_threads(1)``; NumPy's
-element-wise operations and reductions are single-threaded anyway), on float32
-rows of N(0, 1). Each time is the best of ``--repeats`` runs after one warm-up
-run: the best run is the one least disturbed by the rest of the machine. Peak
-memory is what ``tracemalloc`` sees allocated during one call beyond what
-existed before it (NumPy reports its allocations to tracemalloc; torch does not,
-so its memory is not measured here).
+On the CPU it times, on float32 rows of N(0, 1) of four shapes (128 MiB each) and
+the first shape's rows rounded to float16 and bfloat16: ``torch.nn.functional.layer_norm``
+with weight and bias (the baseline of ``time_vs_torch``) and without (torch's no-affine
+path is another loop), ``lnorm.numpy.layer_norm`` with weight and bias into a new array and
+into a preallocated one (``out=``), ``lnorm.torch.layer_norm``, lnorm.numpy without its
+correction pass, plain copies of x into a new and into a preallocated array (the least any
+LayerNorm costs, and what allocating and first touching the output costs), RMSNorm beside
+LayerNorm (``torch.nn.functional.rms_norm``, ``lnorm.torch.rms_norm``,
+``lnorm.numpy.rms_norm``, eps=None, no weight), and torch's kernel on every CPU. A child
+process times torch's kernel again with ``THP_MEM_ALLOC_ENABLE=1``, so that its output comes
+in 2 MiB pages as NumPy's does ("huge pages" rows). One-thread cases run with
+``torch.set_num_threads(1)`` (NumPy's operations are single-threaded anyway), pinned to one CPU
+(``--cpu``, default 0). The cases of one input are timed in interleaved rounds, after a
+warm-up round: ``best_ms`` is the best wall-clock time over ``--repeats`` rounds, ``cpu_best_ms``
+the best CPU time of the calling thread (on a shared machine, the time the thread itself ran).
+``gbytes_per_s`` counts three passes over x's bytes: read x, write y, and read y's lines before
+writing them (write-allocate). Peak memory is what ``tracemalloc`` sees allocated during one
+call (NumPy reports its allocations to tracemalloc; torch does not, so its memory is not
+measured here). Each row records the CPU, the libraries' versions, lnorm's git commit, the
+pinned CPU and the kernel's huge-page setting.
 
 On a GPU (``--device cuda``) it times, for N from 512 to 32768 in float16,
 bfloat16 and float32 and M = 256 MiB / (N x element size) rows (every case
@@ -74,26 +85,36 @@ SIXTEEN_BIT_DTYPES = ["float16", "bfloat16"]
 PASSES_OVER_MEMORY = 3
 
 
+@dataclass(frozen=True)
+class Timing:
+    """Seconds of one run over the timed rounds: wall clock (best and median), and the CPU time
+    of the calling thread (best), which leaves out the time the scheduler gave to other jobs on
+    a shared machine (page faults are the thread's: they count)."""
+
+    best: float
+    median: float
+    cpu_best: float
+
+
 def interleaved_times(
     runs: dict[object, Callable[[], object]], repeats: int
-) -> dict[object, tuple[float, float]]:
-    """(best, median) wall-clock seconds of each run, over ``repeats`` rounds after one warm-up
-    round; every round calls each run once, in turn, so that a disturbance of the machine (other
-    jobs on a shared host) spreads over all of them instead of falling on one."""
+) -> dict[object, Timing]:
+    """The :class:`Timing` of each run over ``repeats`` rounds after one warm-up round; every
+    round calls each run once, in turn, so that a disturbance of the machine (other jobs on a
+    shared host) spreads over all of them instead of falling on one."""
     for run in runs.values():
         run()
-    times: dict[object, list[float]] = {key: [] for key in runs}
+    wall: dict[object, list[float]] = {key: [] for key in runs}
+    cpu: dict[object, list[float]] = {key: [] for key in runs}
     for _ in range(repeats):
         for key, run in runs.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.thread_time()
             run()
-            times[key].append(time.perf_counter() - start)
-    return {key: (min(t), statistics.median(t)) for key, t in times.items()}
-
-
-def best_time(run: Callable[[], object], repeats: int) -> tuple[float, float]:
-    """(best, median) wall-clock seconds of ``repeats`` calls, after one warm-up call."""
-    return interleaved_times({"run": run}, repeats)["run"]
+            cpu[key].append(time.thread_time() - start_cpu)
+            wall[key].append(time.perf_counter() - start)
+    return {
+        key: Timing(min(wall[key]), statistics.median(wall[key]), min(cpu[key])) for key in runs
+    }
 
 
 def peak_extra_bytes(run: Callable[[], object]) -> int:
@@ -249,6 +270,14 @@ def cpu_cases(x: torch.Tensor, threads: int, all_cpus: set[int] | None) -> list[
         CpuCase("torch copy", 1, "none", "allocated", lambda: x.clone()),
         CpuCase("torch copy", 1, "none", "preallocated", lambda: y.copy_(x)),
     ]
+    if x.dtype == torch.float16:  # the two conversions lnorm.numpy makes of a float16 input
+        work = np.empty(x_np.shape, np.float32)
+        cases += [
+            CpuCase("numpy float16 to float32", 1, "none", "preallocated",
+                    lambda: np.copyto(work, x_np)),
+            CpuCase("numpy float32 to float16", 1, "none", "preallocated",
+                    lambda: np.copyto(y_np, work, casting="same_kind")),
+        ]
     if x.dtype != torch.float32:
         return cases
     cases += [
@@ -320,9 +349,9 @@ def measure(
             cases = [c for c in cases if c.implementation == "torch.nn.functional"]
         with pinned(one_cpu):
             times = interleaved_times({k: c.run for k, c in enumerate(cases)}, repeats)
-        baseline = times[0][0]  # torch's kernel with weight and bias, one thread
+        baseline = times[0]  # torch's kernel with weight and bias, one thread
         for k, case in enumerate(cases):
-            best, median = times[k]
+            timing = times[k]
             memory = ""
             if case.implementation.startswith("lnorm.numpy") and case.threads == 1:
                 memory = round(peak_extra_bytes(case.run) / (m * n * x.element_size()), 3)
@@ -337,12 +366,17 @@ def measure(
                     affine=case.affine,
                     output=case.output,
                     repeats=repeats,
-                    best_ms=round(best * 1e3, 2),
-                    median_ms=round(median * 1e3, 2),
-                    time_vs_torch=round(best / baseline, 3),
+                    best_ms=round(timing.best * 1e3, 2),
+                    median_ms=round(timing.median * 1e3, 2),
+                    time_vs_torch=round(timing.best / baseline.best, 3),
+                    # one thread: its CPU time; the threaded case: wall clock only
+                    cpu_best_ms=round(timing.cpu_best * 1e3, 2) if case.threads == 1 else "",
+                    cpu_time_vs_torch=(
+                        round(timing.cpu_best / baseline.cpu_best, 3) if case.threads == 1 else ""
+                    ),
                     peak_memory_vs_output=memory,
                     bytes_moved=moved,
-                    gbytes_per_s=round(moved / best / 1e9, 2),
+                    gbytes_per_s=round(moved / timing.best / 1e9, 2),
                     **common,
                 )
             )
@@ -376,7 +410,7 @@ def merged_with_huge_pages(rows: list[dict], huge: list[dict]) -> list[dict]:
     """Each huge-page row placed after its input's rows, timed against the same baseline."""
     key = lambda r: (r["rows"], r["row_length"], r["dtype"])  # noqa: E731
     baseline = {
-        key(r): r["best_ms"]
+        key(r): (r["best_ms"], r["cpu_best_ms"])
         for r in rows
         if r["implementation"] == "torch.nn.functional" and r["threads"] == 1
         and r["affine"] == "weight, bias"
@@ -388,7 +422,10 @@ def merged_with_huge_pages(rows: list[dict], huge: list[dict]) -> list[dict]:
         if last_of_input:
             for extra in huge:
                 if key(extra) == key(row):
-                    extra["time_vs_torch"] = round(extra["best_ms"] / baseline[key(row)], 3)
+                    wall, cpu = baseline[key(row)]
+                    extra["time_vs_torch"] = round(extra["best_ms"] / wall, 3)
+                    if extra["threads"] == 1:
+                        extra["cpu_time_vs_torch"] = round(extra["cpu_best_ms"] / cpu, 3)
                     merged.append(extra)
     return merged
 
@@ -440,14 +477,15 @@ def measure_blocks(
     one_cpu = {cpu} if cpu is not None and hasattr(os, "sched_setaffinity") else None
     with pinned(one_cpu):
         times = interleaved_times({size: with_block(size) for size in BLOCK_SWEEP}, repeats)
-    for block_bytes, (best, median) in times.items():
+    for block_bytes, timing in times.items():
         rows.append(
             dict(
                 block_bytes=block_bytes,
                 rows=m,
                 row_length=n,
-                best_ms=round(best * 1e3, 2),
-                median_ms=round(median * 1e3, 2),
+                best_ms=round(timing.best * 1e3, 2),
+                median_ms=round(timing.median * 1e3, 2),
+                cpu_best_ms=round(timing.cpu_best * 1e3, 2),
                 **{f"{key}_bytes": size for key, size in caches.items()},
                 cpu=cpu_name(),
                 numpy=np.__version__,
@@ -735,14 +773,18 @@ def main(argv: list[str] | None = None) -> None:
 def print_cpu_table(results: list[dict]) -> None:
     print(
         f"{'implementation':<42}{'dtype':<9}{'thr':>4}{'M x N':>14}  {'affine':<13}"
-        f"{'output':<13}{'best ms':>8}{'vs torch':>9}{'GB/s':>7}{'mem':>7}"
+        f"{'output':<13}{'best ms':>8}{'vs torch':>9}{'cpu ms':>8}{'vs torch':>9}{'GB/s':>7}"
+        f"{'mem':>7}"
     )
     for r in results:
         memory = f"{r['peak_memory_vs_output']:.2f}x" if r["peak_memory_vs_output"] != "" else "-"
+        cpu_ms = f"{r['cpu_best_ms']:.1f}" if r["cpu_best_ms"] != "" else "-"
+        cpu_ratio = f"{r['cpu_time_vs_torch']:.2f}" if r["cpu_time_vs_torch"] != "" else "-"
         print(
             f"{r['implementation']:<42}{r['dtype']:<9}{r['threads']:>4}"
             f"{r['rows']:>7} x {r['row_length']:<5}  {r['affine']:<13}{r['output']:<13}"
-            f"{r['best_ms']:>8.1f}{r['time_vs_torch']:>9.2f}{r['gbytes_per_s']:>7.1f}{memory:>7}"
+            f"{r['best_ms']:>8.1f}{r['time_vs_torch']:>9.2f}{cpu_ms:>8}{cpu_ratio:>9}"
+            f"{r['gbytes_per_s']:>7.1f}{memory:>7}"
         )
 
 if __name__ == "__main__":

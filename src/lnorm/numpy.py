@@ -76,8 +76,10 @@ def layer_norm(
                 source = rows[start:stop]
             elif rows.dtype == np.float16 and work_dtype == "float32":
                 # exactly as block[...] = rows widens them, from a table: NumPy converts
-                # float16 in software, one value at a time, and a lookup is faster
-                np.take(_FLOAT16_AS_FLOAT32, rows[start:stop].view(np.uint16), out=block)
+                # float16 in software, one value at a time, and a lookup is faster (every
+                # index is in range: "wrap" changes none, and writes straight into block)
+                bits = rows[start:stop].view(np.uint16)
+                np.take(_FLOAT16_AS_FLOAT32, bits, out=block, mode="wrap")
                 source = block
             else:
                 block[...] = rows[start:stop]  # widens a 16-bit row exactly

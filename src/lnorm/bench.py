@@ -70,7 +70,6 @@ import torch.nn.functional as F
 
 import lnorm.numpy
 import lnorm.torch
-from lnorm import moments
 
 #: Bytes of x per GPU case: M = GPU_CASE_BYTES / (N * element size) rows.
 GPU_CASE_BYTES = 256 * 2**20

@@ -97,14 +97,18 @@ def layer_norm(
 
 
 def standardize_block(
-    source: np.ndarray, eps: float, out: np.ndarray, squares: np.ndarray, statistics: np.ndarray
+    source: np.ndarray,
+    eps: float,
+    out: np.ndarray,
+    squares: np.ndarray,
+    statistics: np.ndarray,
 ) -> None:
-    """``x_hat`` of the rows of ``source`` into ``out``: :func:`lnorm.moments.standardize`, bit
-    for bit, allocating nothing.
+    """``x_hat`` of the rows of ``source`` into ``out``, allocating nothing:
+    :func:`lnorm.moments.standardize`, bit for bit.
 
-    Each line below is one pass over the block; the three means are NumPy's
-    pairwise sums. ``source`` may be ``out`` itself. ``squares`` (the block's shape)
-    and ``statistics`` (one number per row) are working buffers.
+    Each call below is one pass over the block; the three means are NumPy's
+    pairwise sums. ``source`` may be ``out`` itself. ``squares`` (the block's
+    shape) and ``statistics`` (one number per row) are working buffers.
     """
     _row_mean(source, out=statistics)  # m1
     np.subtract(source, statistics, out=out)  # x - m1
@@ -112,10 +116,10 @@ def standardize_block(
     np.subtract(out, statistics, out=out)  # (x - m1) - m2
     np.multiply(out, out, out=squares)
     _row_mean(squares, out=statistics)  # the variance
-    # 1 / sqrt(var + eps): sqrt and division are correctly rounded (see moments.reciprocal_std)
+    # rstd = 1 / sqrt(var + eps), each step correctly rounded (moments.reciprocal_std)
     np.add(statistics, eps, out=statistics)
     np.sqrt(statistics, out=statistics)
-    np.divide(1, statistics, out=statistics)  # rstd
+    np.divide(1, statistics, out=statistics)
     np.multiply(out, statistics, out=out)
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import lnorm.bench
+from lnorm import moments
 from conftest import HAVE_TRITON, NO_TRITON
 
 
@@ -17,18 +18,46 @@ def test_cpu_benchmark_writes_its_csv(tmp_path, capsys) -> None:
     blocks = tmp_path / "blocks.csv"
     lnorm.bench.main(["--quick", "--repeats", "1", "--csv", str(path), "--blocks", str(blocks)])
     rows = list(csv.DictReader(path.open()))
-    assert {r["implementation"] for r in rows} == {
-        "torch.nn.functional",
+    cases = {(r["implementation"], r["dtype"], r["affine"], r["output"]) for r in rows}
+    both = "weight, bias"
+    for dtype in ("float32", "float16", "bfloat16"):  # torch's kernel with and without affine
+        assert ("torch.nn.functional", dtype, both, "allocated") in cases
+        assert ("torch.nn.functional", dtype, "none", "allocated") in cases
+    for dtype in ("float32", "float16"):  # NumPy has no bfloat16
+        assert ("lnorm.numpy", dtype, both, "allocated") in cases
+        assert ("lnorm.numpy", dtype, both, "preallocated") in cases
+        assert ("numpy copy", dtype, "none", "preallocated") in cases
+    assert {r["implementation"] for r in rows if r["dtype"] == "float32"} >= {
         "lnorm.torch",
-        "lnorm.numpy",
         "lnorm.numpy, no correction pass",
         "torch.nn.functional.rms_norm",
         "lnorm.torch.rms_norm",
         "lnorm.numpy.rms_norm",
     }
+    if lnorm.bench.huge_pages_setting() not in ("", "never"):
+        assert any(r["implementation"].endswith(", huge pages") for r in rows)
+    for r in rows:  # GB/s counts read x, write y and the write-allocate read of y
+        size = 4 if r["dtype"] == "float32" else 2
+        assert int(r["bytes_moved"]) == 3 * int(r["rows"]) * int(r["row_length"]) * size
+        assert r["repeats"] == "1"
+    baseline = [  # torch's kernel with weight and bias, one thread: what time_vs_torch divides by
+        r
+        for r in rows
+        if (r["implementation"], r["affine"], r["threads"]) == ("torch.nn.functional", both, "1")
+    ]
+    assert len(baseline) == 3 and all(float(r["time_vs_torch"]) == 1.0 for r in baseline)
     assert "lnorm.numpy" in capsys.readouterr().out
     sweep = list(csv.DictReader(blocks.open()))
     assert [int(r["block_bytes"]) for r in sweep] == lnorm.bench.BLOCK_SWEEP
+
+
+def test_interleaved_times_calls_every_run_once_per_round() -> None:
+    calls = []
+    times = lnorm.bench.interleaved_times(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3
+    )
+    assert calls == ["a", "b"] * 4  # a warm-up round, then three timed rounds
+    assert all(0 <= t.best <= t.median and t.cpu_best >= 0 for t in times.values())
 
 
 def test_the_uncorrected_variant_is_the_plain_two_pass() -> None:
@@ -37,14 +66,14 @@ def test_the_uncorrected_variant_is_the_plain_two_pass() -> None:
     import numpy as np
 
     import lnorm.numpy
-    from lnorm import moments
 
     x = np.random.default_rng(0).normal(3.0, 1.0, size=(8, 64)).astype(np.float32)
     mean, var = moments.two_pass(x)
     np.testing.assert_array_equal(
         lnorm.bench.uncorrected_numpy(x, 64), (x - mean) * (1 / np.sqrt(var + np.float32(1e-5)))
     )
-    assert lnorm.numpy.moments is moments
+    standardize_block = lnorm.numpy.standardize_block
+    assert standardize_block.__module__ == "lnorm.numpy"
 
 
 @pytest.mark.skipif(not HAVE_TRITON, reason=NO_TRITON)

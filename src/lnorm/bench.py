@@ -5,15 +5,26 @@
     python -m lnorm.bench --device cuda --csv gpu.csv  # GPU: Triton vs torch, forward and backward
     python -m lnorm.bench --ptx DIR                  # no GPU needed: compile for sm_90, read the PTX
 
-The CPU table times RMSNorm (``torch.nn.functional.rms_norm``, ``lnorm.torch.rms_norm``,
-``lnorm.numpy.rms_norm``, all with eps=None) beside LayerNorm, on the same inputs.
-Every implementation runs single-threaded (``torch.set_num_threads(1)``; NumPy's
-element-wise operations and reductions are single-threaded anyway), on float32
-rows of N(0, 1). Each time is the best of ``--repeats`` runs after one warm-up
-run: the best run is the one least disturbed by the rest of the machine. Peak
-memory is what ``tracemalloc`` sees allocated during one call beyond what
-existed before it (NumPy reports its allocations to tracemalloc; torch does not,
-so its memory is not measured here).
+On the CPU it times, on float32 rows of N(0, 1) of four shapes (128 MiB each) and
+the first shape's rows rounded to float16 and bfloat16: ``torch.nn.functional.layer_norm``
+with weight and bias (the baseline of ``time_vs_torch``) and without (torch's no-affine
+path is another loop), ``lnorm.numpy.layer_norm`` with weight and bias into a new array and
+into a preallocated one (``out=``), ``lnorm.torch.layer_norm``, lnorm.numpy without its
+correction pass, plain copies of x into a new and into a preallocated array (the least any
+LayerNorm costs, and what allocating and first touching the output costs), RMSNorm beside
+LayerNorm (``torch.nn.functional.rms_norm``, ``lnorm.torch.rms_norm``,
+``lnorm.numpy.rms_norm``, eps=None, no weight), and torch's kernel on every CPU. A child
+process times torch's kernel again with ``THP_MEM_ALLOC_ENABLE=1``, so that its output comes
+in 2 MiB pages as NumPy's does ("huge pages" rows). One-thread cases run with
+``torch.set_num_threads(1)`` (NumPy's operations are single-threaded anyway), pinned to one CPU
+(``--cpu``, default 0). The cases of one input are timed in interleaved rounds, after a
+warm-up round: ``best_ms`` is the best wall-clock time over ``--repeats`` rounds, ``cpu_best_ms``
+the best CPU time of the calling thread (on a shared machine, the time the thread itself ran).
+``gbytes_per_s`` counts three passes over x's bytes: read x, write y, and read y's lines before
+writing them (write-allocate). Peak memory is what ``tracemalloc`` sees allocated during one
+call (NumPy reports its allocations to tracemalloc; torch does not, so its memory is not
+measured here). Each row records the CPU, the libraries' versions, lnorm's git commit, the
+pinned CPU and the kernel's huge-page setting.
 
 On a GPU (``--device cuda``) it times, for N from 512 to 32768 in float16,
 bfloat16 and float32 and M = 256 MiB / (N x element size) rows (every case
@@ -41,13 +52,14 @@ import argparse
 import contextlib
 import csv
 import datetime
+import json
 import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 import tracemalloc
-import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +70,6 @@ import torch.nn.functional as F
 
 import lnorm.numpy
 import lnorm.torch
-from lnorm import moments
 
 #: Bytes of x per GPU case: M = GPU_CASE_BYTES / (N * element size) rows.
 GPU_CASE_BYTES = 256 * 2**20
@@ -66,17 +77,43 @@ GPU_ROW_LENGTHS = [512, 1024, 2048, 4096, 8192, 16384, 32768]
 GPU_DTYPES = [torch.float16, torch.bfloat16, torch.float32]
 
 SHAPES = [(8192, 4096), (32768, 1024), (131072, 256), (2048, 16384)]
+#: The 16-bit inputs are timed on the first shape only (NumPy has no bfloat16: torch alone).
+SIXTEEN_BIT_DTYPES = ["float16", "bfloat16"]
+#: Bytes a LayerNorm moves at the least, per element of x, in units of the element size:
+#: read x, write y, and read y's cache lines before writing them (write-allocate).
+PASSES_OVER_MEMORY = 3
 
 
-def best_time(run: Callable[[], object], repeats: int) -> tuple[float, float]:
-    """(best, median) wall-clock seconds of ``repeats`` calls, after one warm-up call."""
-    run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+@dataclass(frozen=True)
+class Timing:
+    """Seconds of one run over the timed rounds: wall clock (best and median), and the CPU time
+    of the calling thread (best), which leaves out the time the scheduler gave to other jobs on
+    a shared machine (page faults are the thread's: they count)."""
+
+    best: float
+    median: float
+    cpu_best: float
+
+
+def interleaved_times(
+    runs: dict[object, Callable[[], object]], repeats: int
+) -> dict[object, Timing]:
+    """The :class:`Timing` of each run over ``repeats`` rounds after one warm-up round; every
+    round calls each run once, in turn, so that a disturbance of the machine (other jobs on a
+    shared host) spreads over all of them instead of falling on one."""
+    for run in runs.values():
         run()
-        times.append(time.perf_counter() - start)
-    return min(times), statistics.median(times)
+    wall: dict[object, list[float]] = {key: [] for key in runs}
+    cpu: dict[object, list[float]] = {key: [] for key in runs}
+    for _ in range(repeats):
+        for key, run in runs.items():
+            start, start_cpu = time.perf_counter(), time.thread_time()
+            run()
+            cpu[key].append(time.thread_time() - start_cpu)
+            wall[key].append(time.perf_counter() - start)
+    return {
+        key: Timing(min(wall[key]), statistics.median(wall[key]), min(cpu[key])) for key in runs
+    }
 
 
 def peak_extra_bytes(run: Callable[[], object]) -> int:
@@ -100,96 +137,296 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def standardize_without_correction(rows, eps, out=None, scratch=None):
-    """The plain two-pass, written like :func:`lnorm.moments.standardize` minus the correction
-    (no second mean): what the blocked loop costs without the extra pass."""
-    out = rows.copy() if out is None else out
-    out[...] = rows
-    out -= rows.mean(axis=-1, keepdims=True)
-    rstd = moments.reciprocal_std(out, eps, scratch)
-    out *= rstd
-    return out, rstd
+def huge_pages_setting() -> str:
+    """The kernel's transparent huge page mode (always, madvise or never; '' where unknown).
+
+    NumPy asks for huge pages (madvise) for large arrays; torch's CPU allocator does only with
+    THP_MEM_ALLOC_ENABLE=1. Under 'madvise' a fresh 128 MiB torch tensor is first touched as
+    32768 pages of 4 KiB, each a page fault, a NumPy array as 64 pages of 2 MiB."""
+    try:
+        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return ""
+    return text.split("[", 1)[1].split("]", 1)[0] if "[" in text else text.strip()
+
+
+def lnorm_commit() -> str:
+    """The git commit of the lnorm being measured, with '+changes' if src/ differs from it."""
+    source = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, timeout=10,
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "-C", str(source), "status", "--porcelain", "src"],
+            capture_output=True, text=True, timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return f"{commit}+changes" if commit and changed else commit
+
+
+def standardize_block_without_correction(source, eps, out, squares, statistics) -> None:
+    """:func:`lnorm.numpy.standardize_block` without the correction (the second mean and its
+    subtraction): the plain two-pass, to time what the extra pass costs in the same loop."""
+    lnorm.numpy._row_mean(source, out=statistics)
+    np.subtract(source, statistics, out=out)
+    np.multiply(out, out, out=squares)
+    lnorm.numpy._row_mean(squares, out=statistics)
+    np.add(statistics, eps, out=statistics)
+    np.sqrt(statistics, out=statistics)
+    np.divide(1, statistics, out=statistics)
+    np.multiply(out, statistics, out=out)
 
 
 @contextlib.contextmanager
 def numpy_without_correction() -> Iterator[None]:
-    """Runs lnorm.numpy's blocked loop with :func:`standardize_without_correction` in place of
-    the corrected two-pass, so that the two are timed in the same loop."""
-    original = lnorm.numpy.moments
-    lnorm.numpy.moments = types.SimpleNamespace(standardize=standardize_without_correction)
+    """Runs lnorm.numpy's blocked loop with :func:`standardize_block_without_correction` in
+    place of the corrected two-pass, so that the two are timed in the same loop."""
+    original = lnorm.numpy.standardize_block
+    lnorm.numpy.standardize_block = standardize_block_without_correction
     try:
         yield
     finally:
-        lnorm.numpy.moments = original
+        lnorm.numpy.standardize_block = original
 
 
-def uncorrected_numpy(x: np.ndarray, n: int) -> np.ndarray:
+def uncorrected_numpy(x: np.ndarray, n: int, *parameters: np.ndarray) -> np.ndarray:
     with numpy_without_correction():
-        return lnorm.numpy.layer_norm(x, n)
+        return lnorm.numpy.layer_norm(x, n, *parameters)
 
 
-def torch_threads(threads: int, run: Callable[[], object]) -> Callable[[], object]:
-    """``run`` with torch using ``threads`` threads (and one again afterwards)."""
+@contextlib.contextmanager
+def pinned(cpus: set[int] | None) -> Iterator[None]:
+    """Runs the body on ``cpus`` only (``None``: wherever it ran), then restores the affinity."""
+    if cpus is None or not hasattr(os, "sched_setaffinity"):
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def torch_threads(
+    threads: int, run: Callable[[], object], cpus: set[int] | None = None
+) -> Callable[[], object]:
+    """``run`` with torch using ``threads`` threads on ``cpus`` (one thread again afterwards)."""
 
     def threaded():
         torch.set_num_threads(threads)
         try:
-            return run()
+            with pinned(cpus):
+                return run()
         finally:
             torch.set_num_threads(1)
 
     return threaded
 
 
-def measure(shapes: list[tuple[int, int]], repeats: int) -> list[dict]:
-    torch.set_num_threads(1)
-    rows = []
-    date = datetime.date.today().isoformat()
-    threads = os.cpu_count() or 1
-    for m, n in shapes:
+@dataclass(frozen=True)
+class CpuCase:
+    """One timed call: what it is (implementation, its threads), and how it treats the
+    output: ``affine`` is 'weight, bias' or 'none'; ``output`` 'allocated' (the call allocates
+    and first-touches it) or 'preallocated' (written into an array that exists already)."""
+
+    implementation: str
+    threads: int
+    affine: str
+    output: str
+    run: Callable[[], object]
+
+
+def cpu_cases(x: torch.Tensor, threads: int, all_cpus: set[int] | None) -> list[CpuCase]:
+    """The calls timed on one input: torch's kernel with and without weight and bias, the two
+    lnorm backends with them, lnorm.numpy also into a preallocated output and without its
+    correction pass, plain copies (the least a LayerNorm costs), RMSNorm beside LayerNorm, and
+    torch's kernel on every core. 16-bit inputs: the LayerNorms only."""
+    n = x.shape[-1]
+    generator = torch.Generator().manual_seed(1)
+    weight = torch.rand(n, generator=generator).to(x.dtype)
+    bias = torch.randn(n, generator=generator).to(x.dtype)
+    both = "weight, bias"
+    cases = [
+        CpuCase("torch.nn.functional", 1, both, "allocated",
+                lambda: F.layer_norm(x, (n,), weight, bias)),
+        CpuCase("torch.nn.functional", 1, "none", "allocated", lambda: F.layer_norm(x, (n,))),
+    ]
+    if x.dtype == torch.bfloat16:  # no NumPy dtype for it
+        return cases
+    x_np, weight_np, bias_np = x.numpy(), weight.numpy(), bias.numpy()
+    y_np, y = np.empty_like(x_np), torch.empty_like(x)
+    cases += [
+        CpuCase("lnorm.numpy", 1, both, "allocated",
+                lambda: lnorm.numpy.layer_norm(x_np, n, weight_np, bias_np)),
+        CpuCase("lnorm.numpy", 1, both, "preallocated",
+                lambda: lnorm.numpy.layer_norm(x_np, n, weight_np, bias_np, out=y_np)),
+        CpuCase("numpy copy", 1, "none", "allocated", lambda: x_np.copy()),
+        CpuCase("numpy copy", 1, "none", "preallocated", lambda: np.copyto(y_np, x_np)),
+        CpuCase("torch copy", 1, "none", "allocated", lambda: x.clone()),
+        CpuCase("torch copy", 1, "none", "preallocated", lambda: y.copy_(x)),
+    ]
+    if x.dtype == torch.float16:  # the two conversions lnorm.numpy makes of a float16 input
+        work = np.empty(x_np.shape, np.float32)
+        cases += [
+            CpuCase("numpy float16 to float32", 1, "none", "preallocated",
+                    lambda: np.copyto(work, x_np)),
+            CpuCase("numpy float32 to float16", 1, "none", "preallocated",
+                    lambda: np.copyto(y_np, work, casting="same_kind")),
+        ]
+    if x.dtype != torch.float32:
+        return cases
+    cases += [
+        CpuCase("lnorm.numpy, no correction pass", 1, both, "allocated",
+                lambda: uncorrected_numpy(x_np, n, weight_np, bias_np)),
+        CpuCase("lnorm.torch", 1, both, "allocated",
+                lambda: lnorm.torch.layer_norm(x, n, weight, bias)),
+        # RMSNorm beside LayerNorm, without weight (chapter 10)
+        CpuCase("torch.nn.functional.rms_norm", 1, "none", "allocated",
+                lambda: F.rms_norm(x, (n,))),
+        CpuCase("lnorm.torch.rms_norm", 1, "none", "allocated",
+                lambda: lnorm.torch.rms_norm(x, n)),
+        CpuCase("lnorm.numpy.rms_norm", 1, "none", "allocated",
+                lambda: lnorm.numpy.rms_norm(x_np, n)),
+    ]
+    if threads > 1:
+        cases.append(
+            CpuCase("torch.nn.functional", threads, both, "allocated", torch_threads(
+                threads, lambda: F.layer_norm(x, (n,), weight, bias), all_cpus))
+        )
+    return cases
+
+
+def cpu_inputs(
+    shapes: list[tuple[int, int]], sixteen_bit: bool
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """(dtype name, x) for each case: float32 rows of N(0, 1) for every shape, then the first
+    shape's rows rounded to each 16-bit dtype."""
+    for k, (m, n) in enumerate(shapes):
         x = torch.randn(m, n, generator=torch.Generator().manual_seed(0))
-        x_numpy = x.numpy()
-        runs = {  # (implementation, threads): run
-            ("torch.nn.functional", 1): lambda: F.layer_norm(x, (n,)),
-            ("lnorm.torch", 1): lambda: lnorm.torch.layer_norm(x, n),
-            ("lnorm.numpy", 1): lambda: lnorm.numpy.layer_norm(x_numpy, n),
-            ("lnorm.numpy, no correction pass", 1): lambda: uncorrected_numpy(x_numpy, n),
-            # RMSNorm beside LayerNorm: its time_vs_torch is relative to F.layer_norm
-            ("torch.nn.functional.rms_norm", 1): lambda: F.rms_norm(x, (n,)),
-            ("lnorm.torch.rms_norm", 1): lambda: lnorm.torch.rms_norm(x, n),
-            ("lnorm.numpy.rms_norm", 1): lambda: lnorm.numpy.rms_norm(x_numpy, n),
-        }
-        if threads > 1:
-            runs[("torch.nn.functional", threads)] = torch_threads(
-                threads, lambda: F.layer_norm(x, (n,))
-            )
-        baseline = None
-        for (name, run_threads), run in runs.items():
-            best, median = best_time(run, repeats)
-            baseline = baseline or best
+        yield "float32", x
+        if k == 0 and sixteen_bit:
+            for name in SIXTEEN_BIT_DTYPES:
+                yield name, x.to(getattr(torch, name))
+
+
+def measure(
+    shapes: list[tuple[int, int]],
+    repeats: int,
+    cpu: int | None = 0,
+    sixteen_bit: bool = True,
+    only_torch: bool = False,
+) -> list[dict]:
+    """One row per case and input (see :func:`cpu_cases`), timed by :func:`interleaved_times`.
+
+    One-thread cases run with ``torch.set_num_threads(1)``, pinned to CPU ``cpu`` (None: not
+    pinned); the threaded case uses every CPU this process may run on. ``gbytes_per_s`` counts
+    :data:`PASSES_OVER_MEMORY` passes over x's bytes (read x, write y, write-allocate).
+    ``only_torch`` keeps torch's LayerNorm kernel alone (the huge-page child process)."""
+    torch.set_num_threads(1)
+    all_cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    threads = len(all_cpus) if all_cpus else (os.cpu_count() or 1)
+    one_cpu = None if cpu is None or all_cpus is None else {cpu}
+    common = dict(
+        cpu=cpu_name(),
+        pinned_cpu="" if one_cpu is None else cpu,
+        huge_pages=huge_pages_setting(),
+        torch_huge_pages=os.environ.get("THP_MEM_ALLOC_ENABLE", "0"),
+        numpy=np.__version__,
+        torch=torch.__version__,
+        lnorm_commit=lnorm_commit(),
+        date=datetime.date.today().isoformat(),
+    )
+    rows = []
+    for dtype, x in cpu_inputs(shapes, sixteen_bit):
+        m, n = x.shape
+        cases = cpu_cases(x, threads, all_cpus)
+        if only_torch:
+            cases = [c for c in cases if c.implementation == "torch.nn.functional"]
+        with pinned(one_cpu):
+            times = interleaved_times({k: c.run for k, c in enumerate(cases)}, repeats)
+        baseline = times[0]  # torch's kernel with weight and bias, one thread
+        for k, case in enumerate(cases):
+            timing = times[k]
+            memory = ""
+            if case.implementation.startswith("lnorm.numpy") and case.threads == 1:
+                memory = round(peak_extra_bytes(case.run) / (m * n * x.element_size()), 3)
+            moved = PASSES_OVER_MEMORY * m * n * x.element_size()
             rows.append(
                 dict(
-                    implementation=name,
+                    implementation=case.implementation,
                     rows=m,
                     row_length=n,
-                    dtype="float32",
-                    threads=run_threads,
-                    best_ms=round(best * 1e3, 2),
-                    median_ms=round(median * 1e3, 2),
-                    time_vs_torch=round(best / baseline, 3),
-                    peak_memory_vs_output=(
-                        round(peak_extra_bytes(run) / x_numpy.nbytes, 3)
-                        if name.startswith("lnorm.numpy") and run_threads == 1
-                        else ""
+                    dtype=dtype,
+                    threads=case.threads,
+                    affine=case.affine,
+                    output=case.output,
+                    repeats=repeats,
+                    best_ms=round(timing.best * 1e3, 2),
+                    median_ms=round(timing.median * 1e3, 2),
+                    time_vs_torch=round(timing.best / baseline.best, 3),
+                    # one thread: its CPU time; the threaded case: wall clock only
+                    cpu_best_ms=round(timing.cpu_best * 1e3, 2) if case.threads == 1 else "",
+                    cpu_time_vs_torch=(
+                        round(timing.cpu_best / baseline.cpu_best, 3) if case.threads == 1 else ""
                     ),
-                    gbytes_per_s=round(2 * x_numpy.nbytes / best / 1e9, 2),  # read x, write y
-                    cpu=cpu_name(),
-                    numpy=np.__version__,
-                    torch=torch.__version__,
-                    date=date,
+                    peak_memory_vs_output=memory,
+                    bytes_moved=moved,
+                    gbytes_per_s=round(moved / timing.best / 1e9, 2),
+                    **common,
                 )
             )
     return rows
+
+
+def measure_torch_huge_pages(
+    shapes: list[tuple[int, int]], repeats: int, cpu: int | None, sixteen_bit: bool
+) -> list[dict]:
+    """torch's kernel again, in a child process started with THP_MEM_ALLOC_ENABLE=1 (read once,
+    when torch first allocates), so that its output comes in huge pages as NumPy's does. Its
+    rows are named 'torch.nn.functional, huge pages'; none where the kernel has no huge pages."""
+    if huge_pages_setting() in ("", "never"):
+        return []
+    command = [sys.executable, "-m", "lnorm.bench", "--huge-pages-child", "--repeats",
+               str(repeats), "--cpu", "none" if cpu is None else str(cpu),
+               "--shapes", ",".join(f"{m}x{n}" for m, n in shapes)]
+    if not sixteen_bit:
+        command.append("--no-16-bit")
+    child = subprocess.run(
+        command, env={**os.environ, "THP_MEM_ALLOC_ENABLE": "1"},
+        capture_output=True, text=True, check=True,
+    )
+    rows = json.loads(child.stdout)
+    for row in rows:
+        row["implementation"] += ", huge pages"
+    return rows
+
+
+def merged_with_huge_pages(rows: list[dict], huge: list[dict]) -> list[dict]:
+    """Each huge-page row placed after its input's rows, timed against the same baseline."""
+    key = lambda r: (r["rows"], r["row_length"], r["dtype"])  # noqa: E731
+    baseline = {
+        key(r): (r["best_ms"], r["cpu_best_ms"])
+        for r in rows
+        if r["implementation"] == "torch.nn.functional" and r["threads"] == 1
+        and r["affine"] == "weight, bias"
+    }
+    merged = []
+    for index, row in enumerate(rows):
+        merged.append(row)
+        last_of_input = index + 1 == len(rows) or key(rows[index + 1]) != key(row)
+        if last_of_input:
+            for extra in huge:
+                if key(extra) == key(row):
+                    wall, cpu = baseline[key(row)]
+                    extra["time_vs_torch"] = round(extra["best_ms"] / wall, 3)
+                    if extra["threads"] == 1:
+                        extra["cpu_time_vs_torch"] = round(extra["cpu_best_ms"] / cpu, 3)
+                    merged.append(extra)
+    return merged
 
 
 BLOCK_SWEEP = [1 << k for k in range(12, 27, 2)]  # 4 KiB to 64 MiB
@@ -213,31 +450,48 @@ def cache_sizes() -> dict[str, int]:
     return sizes
 
 
-def measure_blocks(repeats: int, shape: tuple[int, int] = (4096, 4096)) -> list[dict]:
-    """lnorm.numpy's time against its block size (``lnorm.numpy.BLOCK_BYTES``), one thread."""
+def measure_blocks(
+    repeats: int, shape: tuple[int, int] = (4096, 4096), cpu: int | None = 0
+) -> list[dict]:
+    """lnorm.numpy's time against its block size (``lnorm.numpy.BLOCK_BYTES``), one thread,
+    with weight and bias, into a preallocated output (the loop alone), sizes interleaved."""
     m, n = shape
-    x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape, dtype=np.float32)
+    weight, bias = rng.random(n, dtype=np.float32), rng.standard_normal(n, dtype=np.float32)
+    y = np.empty_like(x)
     default, rows = lnorm.numpy.BLOCK_BYTES, []
     caches = cache_sizes()
-    try:
-        for block_bytes in BLOCK_SWEEP:
+
+    def with_block(block_bytes: int) -> Callable[[], object]:
+        def run():
             lnorm.numpy.BLOCK_BYTES = block_bytes
-            best, median = best_time(lambda: lnorm.numpy.layer_norm(x, n), repeats)
-            rows.append(
-                dict(
-                    block_bytes=block_bytes,
-                    rows=m,
-                    row_length=n,
-                    best_ms=round(best * 1e3, 2),
-                    median_ms=round(median * 1e3, 2),
-                    **{f"{key}_bytes": size for key, size in caches.items()},
-                    cpu=cpu_name(),
-                    numpy=np.__version__,
-                    date=datetime.date.today().isoformat(),
-                )
+            try:
+                return lnorm.numpy.layer_norm(x, n, weight, bias, out=y)
+            finally:
+                lnorm.numpy.BLOCK_BYTES = default
+
+        return run
+
+    one_cpu = {cpu} if cpu is not None and hasattr(os, "sched_setaffinity") else None
+    with pinned(one_cpu):
+        times = interleaved_times({size: with_block(size) for size in BLOCK_SWEEP}, repeats)
+    for block_bytes, timing in times.items():
+        rows.append(
+            dict(
+                block_bytes=block_bytes,
+                rows=m,
+                row_length=n,
+                best_ms=round(timing.best * 1e3, 2),
+                median_ms=round(timing.median * 1e3, 2),
+                cpu_best_ms=round(timing.cpu_best * 1e3, 2),
+                **{f"{key}_bytes": size for key, size in caches.items()},
+                cpu=cpu_name(),
+                numpy=np.__version__,
+                lnorm_commit=lnorm_commit(),
+                date=datetime.date.today().isoformat(),
             )
-    finally:
-        lnorm.numpy.BLOCK_BYTES = default
+        )
     return rows
 
 
@@ -440,6 +694,18 @@ def main(argv: list[str] | None = None) -> None:
         help="CPU: also time lnorm.numpy against its block size (4 KiB to 64 MiB) into this CSV",
     )
     parser.add_argument(
+        "--cpu",
+        default="0",
+        help="CPU: the CPU the one-thread cases are pinned to (default 0; 'none': not pinned)",
+    )
+    parser.add_argument(
+        "--shapes", help="CPU: M x N to time, e.g. 8192x4096,2048x16384 (default: four shapes)"
+    )
+    parser.add_argument(
+        "--no-16-bit", action="store_true", help="CPU: float32 inputs only (no float16, bfloat16)"
+    )
+    parser.add_argument("--huge-pages-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
         "--ptx",
         metavar="DIR",
         help="no GPU needed: compile every Triton kernel for sm_90, write DIR/<kernel>-<dtype>-<N>.ptx "
@@ -481,25 +747,44 @@ def main(argv: list[str] | None = None) -> None:
             write_csv(args.csv, results)
         return
 
-    results = measure([(256, 1024)] if args.quick else SHAPES, args.repeats)
-    print(
-        f"{'implementation':<33}{'threads':>8}{'M x N':>14}{'best ms':>10}{'vs torch':>10}"
-        f"{'GB/s':>8}{'peak mem':>10}"
+    cpu = None if args.cpu == "none" else int(args.cpu)
+    shapes = [(256, 1024)] if args.quick else SHAPES
+    if args.shapes:
+        shapes = [tuple(int(k) for k in shape.split("x")) for shape in args.shapes.split(",")]
+    sixteen_bit = not args.no_16_bit
+    if args.huge_pages_child:  # torch's kernel alone, for the parent's huge-page rows
+        print(json.dumps(measure(shapes, args.repeats, cpu, sixteen_bit, only_torch=True)))
+        return
+    results = merged_with_huge_pages(
+        measure(shapes, args.repeats, cpu, sixteen_bit),
+        measure_torch_huge_pages(shapes, args.repeats, cpu, sixteen_bit),
     )
-    for r in results:
-        memory = f"{r['peak_memory_vs_output']:.2f}x" if r["peak_memory_vs_output"] != "" else "-"
-        print(
-            f"{r['implementation']:<33}{r['threads']:>8}{r['rows']:>7} x {r['row_length']:<5}"
-            f"{r['best_ms']:>10.1f}{r['time_vs_torch']:>10.2f}{r['gbytes_per_s']:>8.1f}{memory:>10}"
-        )
+    print_cpu_table(results)
     if args.csv:
         write_csv(args.csv, results)
     if args.blocks:
-        blocks = measure_blocks(args.repeats, (256, 1024) if args.quick else (4096, 4096))
+        blocks = measure_blocks(args.repeats, (256, 1024) if args.quick else (4096, 4096), cpu)
         for r in blocks:
             print(f"block {r['block_bytes'] // 1024:>6} KiB: {r['best_ms']:>8.1f} ms")
         write_csv(args.blocks, blocks)
 
+
+def print_cpu_table(results: list[dict]) -> None:
+    print(
+        f"{'implementation':<42}{'dtype':<9}{'thr':>4}{'M x N':>14}  {'affine':<13}"
+        f"{'output':<13}{'best ms':>8}{'vs torch':>9}{'cpu ms':>8}{'vs torch':>9}{'GB/s':>7}"
+        f"{'mem':>7}"
+    )
+    for r in results:
+        memory = f"{r['peak_memory_vs_output']:.2f}x" if r["peak_memory_vs_output"] != "" else "-"
+        cpu_ms = f"{r['cpu_best_ms']:.1f}" if r["cpu_best_ms"] != "" else "-"
+        cpu_ratio = f"{r['cpu_time_vs_torch']:.2f}" if r["cpu_time_vs_torch"] != "" else "-"
+        print(
+            f"{r['implementation']:<42}{r['dtype']:<9}{r['threads']:>4}"
+            f"{r['rows']:>7} x {r['row_length']:<5}  {r['affine']:<13}{r['output']:<13}"
+            f"{r['best_ms']:>8.1f}{r['time_vs_torch']:>9.2f}{cpu_ms:>8}{cpu_ratio:>9}"
+            f"{r['gbytes_per_s']:>7.1f}{memory:>7}"
+        )
 
 if __name__ == "__main__":
     main()

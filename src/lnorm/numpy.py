@@ -19,6 +19,10 @@ from lnorm import gradients, moments, validation
 #: Bytes of working data per block of rows: a share of a typical 1-2 MiB L2 cache.
 BLOCK_BYTES = 1 << 20
 
+#: The float32 value of each of the 65536 float16 bit patterns (NaN payloads included), as
+#: NumPy's own conversion gives it: widening by lookup gives the same bits.
+_FLOAT16_AS_FLOAT32 = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
+
 
 def layer_norm(
     x: ArrayLike,
@@ -26,45 +30,123 @@ def layer_norm(
     weight: ArrayLike | None = None,
     bias: ArrayLike | None = None,
     eps: float = 1e-5,
+    *,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Layer normalization of ``x`` over its trailing ``normalized_shape`` dimensions.
 
     float16 inputs are computed in float32 and rounded once at the end; float32
     and float64 are computed in their own precision. The result has the input's
-    dtype and shape; the input is not modified. A row holding NaN or inf
-    gives NaN in that row only.
+    dtype and shape; the input is not modified (unless it is ``out``). A row
+    holding NaN or inf gives NaN in that row only.
+
+    ``out`` (keyword-only) is an extension that ``torch.nn.functional.layer_norm``
+    does not have, and changes nothing else: a C-contiguous array of the input's
+    shape and dtype that receives the result (bit for bit the result of the call
+    without it) and is returned, so that a caller who normalizes batch after
+    batch allocates no output. It may be ``x`` itself (in place), but not
+    overlap ``x`` otherwise.
     """
     x, weight, bias, row_length, work_dtype, eps = _checked(x, normalized_shape, weight, bias, eps)
+    y = np.empty(x.shape, dtype=x.dtype) if out is None else _checked_out(out, x)
     if x.size == 0:  # no rows, or empty rows: nothing to normalize (and no mean of nothing)
-        return np.empty_like(x)
+        return y
 
-    rows = x.reshape(-1, row_length)
+    rows, y_rows = x.reshape(-1, row_length), y.reshape(-1, row_length)
     weight = None if weight is None else weight.reshape(-1).astype(work_dtype)
     bias = None if bias is None else bias.reshape(-1).astype(work_dtype)
-    y = np.empty(rows.shape, dtype=x.dtype)
     # Rows go through in blocks small enough to stay in cache: every pass over a
     # block after the first reads from cache, not memory. The working arrays are
     # allocated once and reused; for float32 the output itself is one of them.
     row_bytes = row_length * np.dtype(work_dtype).itemsize
     block_rows = min(rows.shape[0], max(1, BLOCK_BYTES // row_bytes))
     squares = np.empty((block_rows, row_length), dtype=work_dtype)
+    statistics = np.empty((block_rows, 1), dtype=work_dtype)  # m1, m2, then rstd: one per row
     work = None if y.dtype == work_dtype else np.empty_like(squares)
+    # A contiguous input in the working dtype is read where it is (no copy first):
+    # its mean is the same sum, in the same order, as the mean of a copy.
+    read_in_place = work is None and rows.dtype == work_dtype and rows.flags.c_contiguous
     # A row holding inf (inf - inf), or a constant row with eps=0 (0/0),
     # gives NaN silently, as in torch.
     with np.errstate(invalid="ignore", divide="ignore"):
         for start in range(0, rows.shape[0], block_rows):
             stop = min(start + block_rows, rows.shape[0])
-            out = y[start:stop] if work is None else work[: stop - start]
-            block, _ = moments.standardize(
-                rows[start:stop], eps, out=out, scratch=squares[: stop - start]
+            block = y_rows[start:stop] if work is None else work[: stop - start]
+            if read_in_place:
+                source = rows[start:stop]
+            elif rows.dtype == np.float16 and work_dtype == "float32":
+                # exactly as block[...] = rows widens them, from a table: NumPy converts
+                # float16 in software, one value at a time, and a lookup is faster (every
+                # index is in range: "wrap" changes none, and writes straight into block)
+                bits = rows[start:stop].view(np.uint16)
+                np.take(_FLOAT16_AS_FLOAT32, bits, out=block, mode="wrap")
+                source = block
+            else:
+                block[...] = rows[start:stop]  # widens a 16-bit row exactly
+                source = block
+            standardize_block(
+                source, eps, block, squares[: stop - start], statistics[: stop - start]
             )
             if weight is not None:
-                block *= weight
+                np.multiply(block, weight, out=block)
             if bias is not None:
-                block += bias
+                np.add(block, bias, out=block)
             if work is not None:
-                y[start:stop] = block  # rounds once to the input dtype
-    return y.reshape(x.shape)
+                y_rows[start:stop] = block  # rounds once to the input dtype
+    return y
+
+
+def standardize_block(
+    source: np.ndarray,
+    eps: float,
+    out: np.ndarray,
+    squares: np.ndarray,
+    statistics: np.ndarray,
+) -> None:
+    """``x_hat`` of the rows of ``source`` into ``out``, allocating nothing:
+    :func:`lnorm.moments.standardize`, bit for bit.
+
+    Each call below is one pass over the block; the three means are NumPy's
+    pairwise sums. ``source`` may be ``out`` itself. ``squares`` (the block's
+    shape) and ``statistics`` (one number per row) are working buffers.
+    """
+    _row_mean(source, out=statistics)  # m1
+    np.subtract(source, statistics, out=out)  # x - m1
+    _row_mean(out, out=statistics)  # m2, the correction
+    np.subtract(out, statistics, out=out)  # (x - m1) - m2
+    np.multiply(out, out, out=squares)
+    _row_mean(squares, out=statistics)  # the variance
+    # rstd = 1 / sqrt(var + eps), each step correctly rounded (moments.reciprocal_std)
+    np.add(statistics, eps, out=statistics)
+    np.sqrt(statistics, out=statistics)
+    np.divide(1, statistics, out=statistics)
+    np.multiply(out, statistics, out=out)
+
+
+def _row_mean(rows: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``rows.mean(axis=-1, keepdims=True)`` into ``out``, bit for bit as NumPy computes it:
+    the pairwise sum along the row, then one division by N (in float64, rounded back)."""
+    np.add.reduce(rows, axis=-1, keepdims=True, out=out)
+    return np.true_divide(out, np.intp(rows.shape[-1]), out=out, casting="unsafe")
+
+
+def _checked_out(out: object, x: np.ndarray) -> np.ndarray:
+    """``out`` of :func:`layer_norm`: a writable C-contiguous array of x's shape and dtype."""
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
+    if out.shape != x.shape:
+        raise ValueError(f"out has shape {out.shape}, but the result has shape {x.shape}")
+    if out.dtype != x.dtype:
+        raise TypeError(f"out has dtype {out.dtype}, but the result has dtype {x.dtype}")
+    if not (out.flags.c_contiguous and out.flags.writeable):
+        raise ValueError("out must be a writable C-contiguous array")
+    in_place = (
+        out.__array_interface__["data"][0] == x.__array_interface__["data"][0]
+        and out.strides == x.strides
+    )
+    if not in_place and np.may_share_memory(out, x):
+        raise ValueError("out overlaps x: pass x itself (in place) or a separate array")
+    return out
 
 
 def layer_norm_backward(

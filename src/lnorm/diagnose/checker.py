@@ -152,7 +152,8 @@ def check(
 
 def _scope(ctx: Context) -> str:
     """What was probed, in one line: dtypes and row lengths."""
-    dtypes = sorted({c.probe.dtype for c in ctx.calls.values()}, key=len)
+    # A fixed order (a set's order changes from run to run): float32 first, then by name.
+    dtypes = sorted({c.probe.dtype for c in ctx.calls.values()}, key=lambda d: (d != "float32", d))
     lengths = sorted({int(np.prod(c.probe.normalized_shape)) for c in ctx.calls.values()})
     long = "" if max(lengths) >= 4096 else " (no long rows: a module's rows are its own)"
     device = "" if ctx.subject.device.type == "cpu" else f", on {ctx.subject.device}"

@@ -1,0 +1,284 @@
+"""The operator layer of lnorm.triton: ``layer_norm`` and ``rms_norm``, their checks, and the
+kernels registered as ``torch.library`` custom operators with their autograd formulas.
+
+Registered operators (``lnorm::layer_norm_forward`` and ``..._backward``, ``lnorm::rms_norm_...``)
+are opaque to ``torch.compile``, which traces a model that calls them with ``fullgraph=True``
+(their fake implementations give it the output shapes and dtypes), and their autograd is
+registered in the ``setup_context`` form that ``torch.func.grad`` and ``vmap`` of ``grad`` need.
+The backward operators have no derivative of their own: differentiating twice raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+
+import torch
+
+import lnorm.torch
+from lnorm.triton import kernels, plan
+
+
+def _check_runs_here(x: torch.Tensor) -> None:
+    """A CPU tensor runs only through the interpreter: say how to switch it on."""
+    if not x.is_cuda and not kernels.INTERPRETED:
+        raise RuntimeError(
+            f"lnorm.triton runs its kernels on a CUDA GPU, but the input is on {x.device}. To run "
+            "them on the CPU through Triton's interpreter, set the environment variable "
+            "TRITON_INTERPRET=1 before lnorm.triton is imported."
+        )
+
+
+def _autocast_to_float32(x: torch.Tensor, *params: torch.Tensor | None) -> tuple:
+    """Under CUDA autocast, torch runs layer_norm in float32 (its inputs cast to float32, a
+    float32 result): the same here, so that the output dtype matches F.layer_norm's."""
+    if x.is_cuda and torch.is_autocast_enabled("cuda"):
+        return tuple(None if t is None else t.float() for t in (x, *params))
+    return (x, *params)
+
+
+def layer_norm(
+    x: torch.Tensor,
+    normalized_shape: int | Sequence[int],
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """Layer normalization of ``x`` over its trailing ``normalized_shape`` dimensions, by Triton
+    kernels.
+
+    Differentiable once in x, weight and bias. float16 and bfloat16 inputs are loaded as they
+    are and computed in float32; float64 is computed in float64. Under CUDA autocast the inputs
+    are cast to float32 first and the result is float32, as torch's layer_norm does.
+    """
+    x, weight, bias = _autocast_to_float32(x, weight, bias)
+    normalized_shape, eps, work_dtype = lnorm.torch.checked_arguments(
+        x, normalized_shape, weight, bias, eps
+    )
+    _check_runs_here(x)
+    n_cols = _row_length(x, normalized_shape)
+    return torch.ops.lnorm.layer_norm_forward(x, weight, bias, n_cols, eps, work_dtype)[0]
+
+
+def rms_norm(
+    x: torch.Tensor,
+    normalized_shape: int | Sequence[int],
+    weight: torch.Tensor | None = None,
+    eps: float | None = None,
+) -> torch.Tensor:
+    """RMSNorm of ``x`` over its trailing ``normalized_shape`` dimensions, by Triton kernels:
+    ``x / sqrt(mean(x²) + eps) * weight``.
+
+    The semantics, errors and dtype rules of :func:`lnorm.torch.rms_norm`, which are
+    ``torch.nn.functional.rms_norm``'s (``eps=None`` is the machine epsilon of the dtype computed
+    in), with one exception. Differentiable once in x and weight. float16, bfloat16 and float32
+    inputs are computed in float32 and rounded once, float64 in float64; a weight of any floating
+    dtype is converted exactly to that dtype, which is where torch forms ``x_hat * weight`` too.
+    The exception: a float64 weight with a float32 or 16-bit input. torch forms that product in
+    float64, which these kernels, computing such inputs in float32, do not: it raises a
+    ``TypeError`` (convert the weight to float32, or the input to float64).
+    """
+    normalized_shape, eps, work_dtype = lnorm.torch.checked_rms_norm_arguments(
+        x, normalized_shape, weight, eps
+    )
+    if weight is not None and weight.dtype == torch.float64 and work_dtype != torch.float64:
+        raise TypeError(
+            f"lnorm.triton.rms_norm computes a {str(x.dtype).removeprefix('torch.')} input in "
+            "float32 and cannot form x_hat * weight in float64, as torch does for a float64 "
+            "weight: pass a float32 weight, or a float64 input"
+        )
+    _check_runs_here(x)
+    n_cols = _row_length(x, normalized_shape)
+    return torch.ops.lnorm.rms_norm_forward(x, weight, n_cols, eps, work_dtype)[0]
+
+
+def _row_length(x: torch.Tensor, normalized_shape: tuple[int, ...]) -> int:
+    return x.shape[x.dim() - len(normalized_shape):].numel()
+
+
+def rows_view(t: torch.Tensor, n_rows: int, n_cols: int) -> torch.Tensor:
+    """t as an (n_rows, n_cols) matrix with unit column stride: a view when the trailing
+    dimensions are contiguous (any row stride), a copy only otherwise."""
+    rows = t.reshape(n_rows, n_cols)
+    return rows if rows.stride(1) == 1 or n_cols <= 1 else rows.contiguous()
+
+
+def input_rows(x: torch.Tensor, n_cols: int) -> torch.Tensor:
+    """x as its matrix of rows of n_cols elements (no rows when n_cols is 0)."""
+    n_rows = x.numel() // n_cols if n_cols else 0
+    return rows_view(x, n_rows, n_cols)
+
+
+def on_device(t: torch.Tensor):
+    """Launch on t's GPU, whichever is current; nothing to do on the CPU."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def _statistics(x: torch.Tensor, n_cols: int, count: int, work_dtype: torch.dtype) -> list:
+    n_rows = x.numel() // n_cols if n_cols else 0
+    return [x.new_empty(n_rows, dtype=work_dtype) for _ in range(count)]
+
+
+def _contiguous(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.contiguous()
+
+
+# --- LayerNorm --------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("lnorm::layer_norm_forward", mutates_args=())
+def _layer_norm_forward(
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, n_cols: int,
+    eps: float, work_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, mean_hi, mean_lo, rstd): y in x's shape (never a view of it, so that it can be
+    modified in place), the statistics per row in the compute dtype."""
+    rows = input_rows(x, n_cols)
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    mean_hi, mean_lo, rstd = _statistics(x, n_cols, 3, work_dtype)
+    if rows.numel():
+        with on_device(x):
+            plan.forward_launch(rows, y.view(rows.shape), _contiguous(weight), _contiguous(bias),
+                                mean_hi, mean_lo, rstd, eps)()
+    return y, mean_hi, mean_lo, rstd
+
+
+@_layer_norm_forward.register_fake
+def _(x, weight, bias, n_cols, eps, work_dtype):
+    return (torch.empty_like(x, memory_format=torch.contiguous_format),
+            *_statistics(x, n_cols, 3, work_dtype))
+
+
+@torch.library.custom_op("lnorm::layer_norm_backward", mutates_args=())
+def _layer_norm_backward(
+    dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+    mean_hi: torch.Tensor, mean_lo: torch.Tensor, rstd: torch.Tensor, n_cols: int,
+    wants_dx: bool, wants_dweight: bool, wants_dbias: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, dweight, dbias); a gradient not wanted is an empty tensor."""
+    dx, dweight, dbias = _gradient_outputs(x, (weight, bias), (wants_dx, wants_dweight, wants_dbias))
+    rows = input_rows(x, n_cols)
+    if rows.numel() and (wants_dx or wants_dweight or wants_dbias):
+        with on_device(x):
+            for launch in plan.backward_launches(
+                rows_view(dy, *rows.shape), rows, _contiguous(weight), mean_hi, mean_lo, rstd,
+                dx.view(rows.shape) if wants_dx else rows,
+                dweight if wants_dweight else None, dbias if wants_dbias else None,
+                compute_dx=wants_dx,
+            ):
+                launch()
+    elif not rows.numel():  # no rows: the sums over rows are zero
+        dweight.zero_(), dbias.zero_()
+    return dx, dweight, dbias
+
+
+@_layer_norm_backward.register_fake
+def _(dy, x, weight, bias, mean_hi, mean_lo, rstd, n_cols, wants_dx, wants_dweight, wants_dbias):
+    return _gradient_outputs(x, (weight, bias), (wants_dx, wants_dweight, wants_dbias))
+
+
+def _gradient_outputs(x: torch.Tensor, params: tuple, wanted: tuple) -> tuple:
+    """Uninitialised gradients of x and the parameters (their shapes and dtypes); an empty
+    tensor for each one not wanted."""
+    tensors = (x, *params)
+    return tuple(
+        torch.empty(t.shape, dtype=t.dtype, device=t.device) if want and t is not None
+        else x.new_empty(0)
+        for t, want in zip(tensors, wanted)
+    )
+
+
+def _layer_norm_setup_context(ctx, inputs, output) -> None:
+    x, weight, bias, n_cols, eps, work_dtype = inputs
+    _, mean_hi, mean_lo, rstd = output
+    ctx.save_for_backward(x, weight, bias, mean_hi, mean_lo, rstd)
+    ctx.n_cols = n_cols
+
+
+def _layer_norm_autograd(ctx, dy, _mean_hi, _mean_lo, _rstd):
+    x, weight, bias, mean_hi, mean_lo, rstd = ctx.saved_tensors
+    wanted = (ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1],
+              bias is not None and ctx.needs_input_grad[2])
+    gradients = torch.ops.lnorm.layer_norm_backward(
+        dy, x, weight, bias, mean_hi, mean_lo, rstd, ctx.n_cols, *wanted)
+    return (*(g if want else None for g, want in zip(gradients, wanted)), None, None, None)
+
+
+_layer_norm_forward.register_autograd(_layer_norm_autograd, setup_context=_layer_norm_setup_context)
+
+
+# --- RMSNorm ----------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("lnorm::rms_norm_forward", mutates_args=())
+def _rms_norm_forward(
+    x: torch.Tensor, weight: torch.Tensor | None, n_cols: int, eps: float,
+    work_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, rstd); x_hat = x * rstd is recomputed in the backward, bit for bit."""
+    rows = input_rows(x, n_cols)
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    (rstd,) = _statistics(x, n_cols, 1, work_dtype)
+    if rows.numel():
+        with on_device(x):
+            plan.rms_forward_launch(rows, y.view(rows.shape), _contiguous(weight), rstd, eps)()
+    return y, rstd
+
+
+@_rms_norm_forward.register_fake
+def _(x, weight, n_cols, eps, work_dtype):
+    return (torch.empty_like(x, memory_format=torch.contiguous_format),
+            *_statistics(x, n_cols, 1, work_dtype))
+
+
+@torch.library.custom_op("lnorm::rms_norm_backward", mutates_args=())
+def _rms_norm_backward(
+    dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, rstd: torch.Tensor,
+    n_cols: int, wants_dx: bool, wants_dweight: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dx, dweight); a gradient not wanted is an empty tensor."""
+    dx, dweight = _gradient_outputs(x, (weight,), (wants_dx, wants_dweight))
+    rows = input_rows(x, n_cols)
+    if rows.numel() and (wants_dx or wants_dweight):
+        with on_device(x):
+            for launch in plan.rms_backward_launches(
+                rows_view(dy, *rows.shape), rows, _contiguous(weight), rstd,
+                dx.view(rows.shape) if wants_dx else rows, dweight if wants_dweight else None,
+                compute_dx=wants_dx,
+            ):
+                launch()
+    elif not rows.numel():
+        dweight.zero_()
+    return dx, dweight
+
+
+@_rms_norm_backward.register_fake
+def _(dy, x, weight, rstd, n_cols, wants_dx, wants_dweight):
+    return _gradient_outputs(x, (weight,), (wants_dx, wants_dweight))
+
+
+def _rms_norm_setup_context(ctx, inputs, output) -> None:
+    x, weight, n_cols, eps, work_dtype = inputs
+    ctx.save_for_backward(x, weight, output[1])
+    ctx.n_cols = n_cols
+
+
+def _rms_norm_autograd(ctx, dy, _rstd):
+    x, weight, rstd = ctx.saved_tensors
+    wanted = (ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1])
+    gradients = torch.ops.lnorm.rms_norm_backward(dy, x, weight, rstd, ctx.n_cols, *wanted)
+    return (*(g if want else None for g, want in zip(gradients, wanted)), None, None, None)
+
+
+_rms_norm_forward.register_autograd(_rms_norm_autograd, setup_context=_rms_norm_setup_context)
+
+
+def _no_second_derivative(ctx, *grads):
+    raise RuntimeError(
+        "lnorm.triton's backward kernels have no derivative of their own: cannot differentiate "
+        "twice (use lnorm.torch for higher derivatives)"
+    )
+
+
+for _backward in (_layer_norm_backward, _rms_norm_backward):
+    _backward.register_autograd(_no_second_derivative, setup_context=lambda ctx, inputs, output: None)

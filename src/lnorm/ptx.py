@@ -87,8 +87,8 @@ class CompiledKernel:
 
 def signature_of(kernel, args: dict, constants: dict) -> tuple[dict, dict, dict]:
     """(signature, constexprs, attrs) for ``triton.compiler.ASTSource``, as Triton's launcher
-    would specialize these argument values: tensors become typed pointers assumed 16-byte
-    aligned (torch's allocations are); an int equal to 1 becomes the constant 1; an int
+    would specialize these argument values: tensors become typed pointers, hinted 16-byte
+    aligned when they are (torch's allocations are; a view at an odd offset is not); an int equal to 1 becomes the constant 1; an int
     divisible by 16 gets the divisibility hint that lets loads vectorize; parameters marked
     ``do_not_specialize`` get neither."""
     signature, constexprs, attrs = {}, dict(constants), {}
@@ -100,7 +100,8 @@ def signature_of(kernel, args: dict, constants: dict) -> tuple[dict, dict, dict]
         value = args[name]
         if isinstance(value, torch.Tensor):
             signature[name] = "*" + _POINTER_TYPES[value.dtype]
-            attrs[(index,)] = _DIVISIBLE_BY_16
+            if _aligned_16(value):
+                attrs[(index,)] = _DIVISIBLE_BY_16
         elif isinstance(value, float):
             signature[name] = param.annotation_type or "fp32"
         elif isinstance(value, int):
@@ -114,6 +115,13 @@ def signature_of(kernel, args: dict, constants: dict) -> tuple[dict, dict, dict]
         else:
             raise TypeError(f"{name}: cannot type a {type(value).__name__}")
     return signature, constexprs, attrs
+
+
+def _aligned_16(t: torch.Tensor) -> bool:
+    """Whether Triton's launcher would find t's address 16-byte aligned: torch's allocations
+    are, so a view is when its storage offset is (a meta tensor has no address but this)."""
+    offset_aligned = t.storage_offset() * t.element_size() % 16 == 0
+    return offset_aligned if t.device.type == "meta" else t.data_ptr() % 16 == 0
 
 
 def compile_to_ptx(kernel, args: dict, constants: dict, num_warps: int, capability: int = 90) -> str:

@@ -24,7 +24,7 @@ MAX_BLOCK_BYTES = 1 << 16
 #: Elements of one loaded [rows, columns] tile a thread may hold: enough in flight to saturate
 #: memory, few enough that no kernel spills registers (checked by lnorm.ptx for an H100).
 FORWARD_ELEMENTS_PER_THREAD = 16
-BACKWARD_ELEMENTS_PER_THREAD = 8
+BACKWARD_ELEMENTS_PER_THREAD = 16
 #: The longest block each pass holds in registers (also capped at MAX_BLOCK_BYTES of input):
 #: longer rows are walked in blocks of this size, and read twice.
 FORWARD_MAX_BLOCK = 16384
@@ -37,6 +37,10 @@ BACKWARD_MAX_BLOCK = 8192
 #: (MAX_TILES_WITHOUT_CARRY - 1 + log2 BLOCK_M) u sum|terms| rather than about 2u.
 KAHAN_MAX_BLOCK_BYTES = 1 << 14
 MAX_TILES_WITHOUT_CARRY = 32
+#: ... but never more programs than this (half as many in float64), so that the column sum holds
+#: all partial rows in one tile; past MAX_PARTIALS * MAX_TILES_WITHOUT_CARRY tiles (65536 rows of
+#: 8192 float32 elements), a program adds more tiles than MAX_TILES_WITHOUT_CARRY.
+MAX_PARTIALS = 2048
 #: Short rows are grouped so that one program's tile has up to this many elements.
 TILE_ELEMENTS = 4096
 MAX_ROWS_PER_PROGRAM = 16
@@ -126,10 +130,10 @@ def backward_program_count(n_tiles: int, device: torch.device, warps: int = MAX_
 def column_sum_tiling(n_partials: int, n_cols: int, element_size: int = 4) -> Tiling:
     """The tiling of _column_sum_kernel: all partial rows in one tile (``rows_per_program``,
     padded to a power of two), by as many columns (``block``) as keep the tile at TILE_ELEMENTS
-    (half as many of float64), at most 8 elements a thread."""
+    (half as many of float64; at least one column), at most 8 elements a thread."""
     partials = triton.next_power_of_2(max(n_partials, 1))
     tile_elements = TILE_ELEMENTS // (2 if element_size == 8 else 1)
-    columns = min(triton.next_power_of_2(max(n_cols, 1)), max(16, tile_elements // partials))
+    columns = min(triton.next_power_of_2(max(n_cols, 1)), max(1, tile_elements // partials))
     return Tiling(columns, False, partials, num_warps(partials * columns, 8))
 
 
@@ -205,14 +209,15 @@ def backward_plan(x_rows: torch.Tensor, sm_count: int | None = None) -> tuple[Ti
     """The tiling of a backward pass over x_rows, and its number of programs."""
     n_rows, n_cols = x_rows.shape
     t = tiling(n_cols, x_rows.element_size(), n_rows, BACKWARD_ELEMENTS_PER_THREAD,
-               BACKWARD_MAX_BLOCK)
+               BACKWARD_MAX_BLOCK // (2 if x_rows.element_size() == 8 else 1))
     n_tiles = triton.cdiv(n_rows, t.rows_per_program)
     if sm_count is None:
         programs = backward_program_count(n_tiles, x_rows.device, t.num_warps)
     else:
         programs = program_count(n_tiles, x_rows.device, t.num_warps, sm_count)
     if not kahan_carries(t, x_rows.element_size()):
-        programs = max(programs, triton.cdiv(n_tiles, MAX_TILES_WITHOUT_CARRY))
+        most = max(programs, MAX_PARTIALS // (2 if x_rows.element_size() == 8 else 1))
+        programs = max(programs, min(most, triton.cdiv(n_tiles, MAX_TILES_WITHOUT_CARRY)))
     return t, programs
 
 

@@ -403,19 +403,25 @@ def _column_sum_kernel(
     HAS_DWEIGHT: tl.constexpr, HAS_DBIAS: tl.constexpr,
     PARTIALS: tl.constexpr, BLOCK_N: tl.constexpr, ALIGN: tl.constexpr,
 ):
-    """dweight[j] and dbias[j] = the sums over the n_partials rows of their partial buffers, by
-    a pairwise tree over a [PARTIALS, BLOCK_N] tile (rows beyond n_partials are zero). One
-    launch for both gradients: axis 1 of the grid is the gradient (dweight's buffer first, then
-    dbias's, gradient_stride elements further)."""
+    """dweight[j] and dbias[j] = the sums over the n_partials rows of their partial buffers: each
+    chunk of PARTIALS rows summed by a pairwise tree over a [PARTIALS, BLOCK_N] tile (rows beyond
+    n_partials are zero), the chunks added by Kahan's compensated summation. Error at most
+    (log2 PARTIALS + 2) u sum|partials| (first order), whatever n_partials. One launch for both
+    gradients: axis 1 of the grid is the gradient (dweight's buffer first, then dbias's,
+    gradient_stride elements further)."""
     n_cols = _aligned(n_cols, ALIGN)
     gradient = tl.program_id(1)
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_in = cols < n_cols
-    rows = tl.arange(0, PARTIALS)
-    mask = (rows < n_partials)[:, None] & col_in[None, :]
     partials = partial_ptr + tl.cast(gradient, tl.int64) * gradient_stride
-    tile = tl.load(partials + rows.to(tl.int64)[:, None] * n_cols + cols[None, :], mask=mask, other=0.0)
-    total = _pairwise_sum_rows(tile, PARTIALS, BLOCK_N)
+    total = tl.zeros([BLOCK_N], dtype=partial_ptr.dtype.element_ty)
+    carry = tl.zeros([BLOCK_N], dtype=partial_ptr.dtype.element_ty)
+    for start in range(0, n_partials, PARTIALS):
+        rows = start + tl.arange(0, PARTIALS)
+        mask = (rows < n_partials)[:, None] & col_in[None, :]
+        tile = tl.load(partials + rows.to(tl.int64)[:, None] * n_cols + cols[None, :],
+                       mask=mask, other=0.0)
+        total, carry = _add_tile_rows(total, carry, tile, PARTIALS, BLOCK_N, True)
     if HAS_DWEIGHT and HAS_DBIAS:
         if gradient == 0:
             tl.store(dweight_ptr + cols, _rounded_to(total, dweight_ptr.dtype.element_ty), mask=col_in)

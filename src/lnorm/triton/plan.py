@@ -37,9 +37,9 @@ BACKWARD_MAX_BLOCK = 8192
 #: (MAX_TILES_WITHOUT_CARRY - 1 + log2 BLOCK_M) u sum|terms| rather than about 2u.
 KAHAN_MAX_BLOCK_BYTES = 1 << 14
 MAX_TILES_WITHOUT_CARRY = 32
-#: ... but never more programs than this (half as many in float64), so that the column sum holds
-#: all partial rows in one tile; past MAX_PARTIALS * MAX_TILES_WITHOUT_CARRY tiles (65536 rows of
-#: 8192 float32 elements), a program adds more tiles than MAX_TILES_WITHOUT_CARRY.
+#: ... but never more programs than this, so that the partial buffer stays small beside the rows;
+#: past MAX_PARTIALS * MAX_TILES_WITHOUT_CARRY tiles (65536 rows of 8192 float32 elements), a
+#: program adds more tiles than MAX_TILES_WITHOUT_CARRY.
 MAX_PARTIALS = 2048
 #: Short rows are grouped so that one program's tile has up to this many elements.
 TILE_ELEMENTS = 4096
@@ -127,14 +127,20 @@ def backward_program_count(n_tiles: int, device: torch.device, warps: int = MAX_
     return program_count(n_tiles, device, warps)
 
 
+#: Partial rows the column sum adds by one pairwise tree (chunks of them are added by Kahan's
+#: compensated summation).
+COLUMN_SUM_CHUNK = 64
+
+
 def column_sum_tiling(n_partials: int, n_cols: int, element_size: int = 4) -> Tiling:
-    """The tiling of _column_sum_kernel: all partial rows in one tile (``rows_per_program``,
-    padded to a power of two), by as many columns (``block``) as keep the tile at TILE_ELEMENTS
-    (half as many of float64; at least one column), at most 8 elements a thread."""
-    partials = triton.next_power_of_2(max(n_partials, 1))
+    """The tiling of _column_sum_kernel: chunks of up to COLUMN_SUM_CHUNK partial rows
+    (``rows_per_program``, a power of two) by as many columns (``block``) as keep the tile at
+    TILE_ELEMENTS (half as many of float64), at most 8 elements a thread (4 of float64)."""
+    partials = min(COLUMN_SUM_CHUNK, triton.next_power_of_2(max(n_partials, 1)))
     tile_elements = TILE_ELEMENTS // (2 if element_size == 8 else 1)
-    columns = min(triton.next_power_of_2(max(n_cols, 1)), max(1, tile_elements // partials))
-    return Tiling(columns, False, partials, num_warps(partials * columns, 8))
+    columns = min(triton.next_power_of_2(max(n_cols, 1)), max(16, tile_elements // partials))
+    warps = num_warps(partials * columns, 4 if element_size == 8 else 8)
+    return Tiling(columns, False, partials, warps)
 
 
 def alignment(*sizes: int) -> int:
@@ -216,8 +222,7 @@ def backward_plan(x_rows: torch.Tensor, sm_count: int | None = None) -> tuple[Ti
     else:
         programs = program_count(n_tiles, x_rows.device, t.num_warps, sm_count)
     if not kahan_carries(t, x_rows.element_size()):
-        most = max(programs, MAX_PARTIALS // (2 if x_rows.element_size() == 8 else 1))
-        programs = max(programs, min(most, triton.cdiv(n_tiles, MAX_TILES_WITHOUT_CARRY)))
+        programs = max(programs, min(MAX_PARTIALS, triton.cdiv(n_tiles, MAX_TILES_WITHOUT_CARRY)))
     return t, programs
 
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 import lnorm.triton
 from conftest import autograd_backward
+from gradient_tolerances import parameter_gradient_errors, within_bounds
 
 torch_backward = autograd_backward(lambda x, shape, w, b, eps: F.layer_norm(x, shape, w, b, eps))
 triton_backward = autograd_backward(lnorm.triton.layer_norm)
@@ -205,16 +206,34 @@ def test_parameter_gradients_of_many_rows(
     dy = (torch.randn(m, n, generator=generator) + 0.5).to(dtype)
     weight, bias = torch.rand(n, generator=generator).to(dtype), torch.randn(n, generator=generator).to(dtype)
     ours = _gradients(_triton(n), x, weight, bias, dy)
-    reference = _gradients(
-        lambda *a: F.layer_norm(a[0], (n,), *a[1:]),
-        x.double(), weight.double(), bias.double(), dy.double(),
-    )
-    # in float64 units of the summed magnitudes: sum |dy x_hat| and sum |dy| over the rows
-    for ours_grad, expected in zip(ours[1:], reference[1:]):
+    # the bound of each sum (tests/gradient_tolerances.py): its final rounding to the dtype and
+    # the summation's growth factor times the summed magnitudes, in the compute dtype
+    for ours_grad, terms in zip(ours[1:], (dy.double() * _x_hat(x), dy.double())):
         assert ours_grad.dtype == dtype
-        scale = m * expected.abs().max().clamp(min=1.0)
-        tolerance = torch.finfo(dtype).eps * scale
-        assert (ours_grad.double() - expected).abs().max() <= tolerance
+        assert within_bounds(ours_grad, dy, terms)
+
+
+def _x_hat(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """x_hat of the rows of x, in float64 from the (rounded) inputs."""
+    x = x.double()
+    mean = x.mean(-1, keepdim=True)
+    return (x - mean) / ((x - mean).pow(2).mean(-1, keepdim=True) + eps).sqrt()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_a_wrong_parameter_gradient_fails_the_bounds(dtype: torch.dtype) -> None:
+    # the tolerance of the test above is tight enough to catch a zero or halved dweight
+    generator = torch.Generator().manual_seed(11)
+    x = (torch.randn(257, 8, generator=generator) * 2 + 3).to(dtype)
+    dy = (torch.randn(257, 8, generator=generator) + 0.5).to(dtype)
+    weight, bias = torch.rand(8, generator=generator).to(dtype), torch.randn(8).to(dtype)
+    _, dweight, _ = _gradients(_triton(8), x, weight, bias, dy)
+    terms = dy.double() * _x_hat(x)
+    assert within_bounds(dweight, dy, terms)
+    errors, tolerance = parameter_gradient_errors(dweight, dy, terms)
+    assert (tolerance < terms.sum(0).abs() / 4).all()  # far below the gradient itself
+    for wrong in (torch.zeros_like(dweight), dweight / 2, dweight * (1 + 2**-5)):
+        assert not within_bounds(wrong, dy, terms)
 
 
 def test_parameter_gradient_error_does_not_grow_with_the_rows() -> None:
@@ -245,3 +264,34 @@ def test_rows_whose_stride_breaks_the_alignment() -> None:
     assert lnorm.triton.alignment(40, x.stride(0)) == 1
     assert lnorm.triton.alignment(40, 80) == 8 and lnorm.triton.alignment(4096, 8192) == 16
     torch.testing.assert_close(lnorm.triton.layer_norm(x, 40), F.layer_norm(x, (40,)))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_rows_longer_than_the_backward_block_take_two_launches(
+    monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype
+) -> None:
+    # Rows within the forward's block but longer than the backward's: dx with the whole row in
+    # registers, the parameter gradients over column blocks (of 16, or 8 in float64)
+    monkeypatch.setattr(lnorm.triton, "BACKWARD_MAX_BLOCK", 16)
+    generator = torch.Generator().manual_seed(7)
+    x = (torch.randn(50, 40, generator=generator) * 2 + 3).to(dtype)
+    dy = torch.randn(50, 40, generator=generator).to(dtype)
+    weight, bias = torch.rand(40, generator=generator).to(dtype), torch.randn(40).to(dtype)
+    launches = lnorm.triton.backward_launches(
+        dy, x, weight, *(torch.empty(50) for _ in range(3)), dy, weight, bias, compute_dx=True
+    )
+    assert [launch.name for launch in launches] == [
+        "backward_dx", "backward_parameters", "column_sum"
+    ]
+    block = launches[1].constants["BLOCK_N"]
+    assert block == (8 if dtype == torch.float64 else 16) and launches[1].grid[1] == -(-40 // block)
+    assert launches[0].constants["BLOCK_N"] == 64  # the whole row
+    ours = _gradients(_triton(40), x, weight, bias, dy)
+    theirs = _gradients(
+        lambda *a: F.layer_norm(a[0], (40,), *a[1:]),
+        x.double(), weight.double(), bias.double(), dy.double(),
+    )
+    loose = dict(atol=2e-2, rtol=2e-2) if dtype == torch.bfloat16 else {}
+    torch.testing.assert_close(ours[0].double(), theirs[0], **loose)  # dx
+    for ours_grad, terms in zip(ours[1:], (dy.double() * _x_hat(x), dy.double())):
+        assert within_bounds(ours_grad, dy, terms)

@@ -300,8 +300,11 @@ def _backward_kernel(
     dweight_partial = partial_ptr + tl.cast(program, tl.int64) * n_cols
     dbias_partial = dweight_partial + (partial_rows if COMPUTE_DWEIGHT else 0)
     if ONE_BLOCK:
+        # Axis 1 of the grid splits the columns of rows longer than a block, in a launch that
+        # computes only the parameter gradients (COMPUTE_DX is then False: dx needs whole rows).
+        cols = tl.program_id(1) * BLOCK_N + cols
         col_in = cols < n_cols
-        weight = _loaded_or_one(weight_ptr, cols, col_in, HAS_WEIGHT, COMPUTE)
+        weight = _loaded_or_one(weight_ptr, cols, col_in, HAS_WEIGHT and COMPUTE_DX, COMPUTE)
         dweight = tl.zeros([BLOCK_N], dtype=COMPUTE)
         dweight_carry = tl.zeros([BLOCK_N], dtype=COMPUTE)
         dbias = tl.zeros([BLOCK_N], dtype=COMPUTE)

@@ -216,6 +216,11 @@ def backward_plan(x_rows: torch.Tensor, sm_count: int | None = None) -> tuple[Ti
     n_rows, n_cols = x_rows.shape
     t = tiling(n_cols, x_rows.element_size(), n_rows, BACKWARD_ELEMENTS_PER_THREAD,
                BACKWARD_MAX_BLOCK // (2 if x_rows.element_size() == 8 else 1))
+    return t, _backward_programs(t, n_rows, x_rows, sm_count)
+
+
+def _backward_programs(t: Tiling, n_rows: int, x_rows: torch.Tensor,
+                       sm_count: int | None) -> int:
     n_tiles = triton.cdiv(n_rows, t.rows_per_program)
     if sm_count is None:
         programs = backward_program_count(n_tiles, x_rows.device, t.num_warps)
@@ -223,7 +228,7 @@ def backward_plan(x_rows: torch.Tensor, sm_count: int | None = None) -> tuple[Ti
         programs = program_count(n_tiles, x_rows.device, t.num_warps, sm_count)
     if not kahan_carries(t, x_rows.element_size()):
         programs = max(programs, min(MAX_PARTIALS, triton.cdiv(n_tiles, MAX_TILES_WITHOUT_CARRY)))
-    return t, programs
+    return programs
 
 
 def kahan_carries(t: Tiling, element_size: int) -> bool:
@@ -234,13 +239,25 @@ def kahan_carries(t: Tiling, element_size: int) -> bool:
 
 def backward_launches(dy_rows, x_rows, weight, mean_hi, mean_lo, rstd, dx, dweight, dbias,
                       compute_dx: bool, sm_count: int | None = None) -> list[KernelLaunch]:
-    """The backward kernel, then one column sum for the parameter gradients asked for
+    """The backward kernel's launches, then one column sum for the parameter gradients asked for
     (``dweight``, ``dbias``: output tensors, or None when not wanted). ``mean_hi`` and
     ``mean_lo`` None for RMSNorm (not centred; ``dbias`` None). The partial buffer is
-    allocated here, uninitialised: every program writes its own rows of it."""
+    allocated here, uninitialised: every program writes its own rows of it.
+
+    Rows of up to BACKWARD_MAX_BLOCK elements: one launch, x and dy read once. Rows longer than
+    that but within the forward's block (16384; 8192 in float64) take two launches of the same
+    kernel, each reading x and dy once: one computes dx with the whole row in registers, without
+    the parameter gradients' accumulators, the other the parameter gradients over column blocks
+    (``split``, 5 row reads or writes instead of 3). Longer rows: the looped path (x and dy read
+    twice, partial sums and carries read and written in the buffer for every row)."""
     n_rows, n_cols = x_rows.shape
     centred = mean_hi is not None
+    prefix = "" if centred else "rms_"
     t, programs = backward_plan(x_rows, sm_count)
+    split = not t.one_block and block_size(n_cols, x_rows.element_size(), FORWARD_MAX_BLOCK)[1]
+    if split:
+        t = Tiling(t.block, True, 1, t.num_warps)
+        programs = _backward_programs(t, n_rows, x_rows, sm_count)
     gradients = [out for out in (dweight, dbias) if out is not None]
     rows_per_gradient = programs * (1 if t.one_block else 2)  # looped: and the Kahan carries
     partials = (
@@ -248,25 +265,40 @@ def backward_launches(dy_rows, x_rows, weight, mean_hi, mean_lo, rstd, dx, dweig
                     device=rstd.device)
         if gradients else rstd  # unused
     )
-    prefix = "" if centred else "rms_"
-    launches = [KernelLaunch(
-        prefix + "backward",
-        kernels._backward_kernel,
-        dict(dy_ptr=dy_rows, x_ptr=x_rows, weight_ptr=_pointer(weight, x_rows),
-             mean_hi_ptr=_pointer(mean_hi, rstd), mean_lo_ptr=_pointer(mean_lo, rstd),
-             rstd_ptr=rstd, dx_ptr=dx, partial_ptr=partials, n_rows=n_rows, n_cols=n_cols,
-             dy_row_stride=dy_rows.stride(0), x_row_stride=x_rows.stride(0),
-             dx_row_stride=dx.stride(0)),
-        dict(CENTRED=centred, HAS_WEIGHT=weight is not None, COMPUTE_DX=compute_dx,
-             COMPUTE_DWEIGHT=dweight is not None, COMPUTE_DBIAS=dbias is not None,
-             COMPUTE=compute_dtype(rstd.dtype), BLOCK_M=t.rows_per_program, BLOCK_N=t.block,
-             ONE_BLOCK=t.one_block,
-             ALIGN=alignment(n_cols, dy_rows.stride(0), x_rows.stride(0), dx.stride(0)),
-             KAHAN=kahan_carries(t, x_rows.element_size())),
-        (programs,),
-        t.num_warps,
-        t.rows_per_program,
-    )]
+    common = dict(dy_ptr=dy_rows, x_ptr=x_rows, weight_ptr=_pointer(weight, x_rows),
+                  mean_hi_ptr=_pointer(mean_hi, rstd), mean_lo_ptr=_pointer(mean_lo, rstd),
+                  rstd_ptr=rstd, dx_ptr=dx, partial_ptr=partials, n_rows=n_rows, n_cols=n_cols,
+                  dy_row_stride=dy_rows.stride(0), x_row_stride=x_rows.stride(0),
+                  dx_row_stride=dx.stride(0))
+    constants = dict(CENTRED=centred, HAS_WEIGHT=weight is not None, COMPUTE_DX=compute_dx,
+                     COMPUTE_DWEIGHT=dweight is not None, COMPUTE_DBIAS=dbias is not None,
+                     COMPUTE=compute_dtype(rstd.dtype), BLOCK_M=t.rows_per_program,
+                     BLOCK_N=t.block, ONE_BLOCK=t.one_block,
+                     ALIGN=alignment(n_cols, dy_rows.stride(0), x_rows.stride(0), dx.stride(0)),
+                     KAHAN=kahan_carries(t, x_rows.element_size()))
+    launches = []
+    if split:
+        if compute_dx:
+            row = tiling(n_cols, x_rows.element_size(), n_rows, FORWARD_ELEMENTS_PER_THREAD,
+                         FORWARD_MAX_BLOCK)
+            launches.append(KernelLaunch(
+                prefix + "backward_dx", kernels._backward_kernel, dict(common),
+                dict(constants, COMPUTE_DWEIGHT=False, COMPUTE_DBIAS=False, BLOCK_M=1,
+                     BLOCK_N=row.block, KAHAN=True),
+                (program_count(n_rows, x_rows.device, row.num_warps, sm_count), 1),
+                row.num_warps, 1,
+            ))
+        if gradients:
+            launches.append(KernelLaunch(
+                prefix + "backward_parameters", kernels._backward_kernel, dict(common),
+                dict(constants, COMPUTE_DX=False),
+                (programs, triton.cdiv(n_cols, t.block)), t.num_warps, 1,
+            ))
+    else:
+        launches.append(KernelLaunch(
+            prefix + "backward", kernels._backward_kernel, common, constants, (programs,),
+            t.num_warps, t.rows_per_program,
+        ))
     if gradients:
         sums = column_sum_tiling(programs, n_cols, rstd.element_size())
         launches.append(KernelLaunch(

@@ -295,3 +295,56 @@ def test_rows_longer_than_the_backward_block_take_two_launches(
     torch.testing.assert_close(ours[0].double(), theirs[0], **loose)  # dx
     for ours_grad, terms in zip(ours[1:], (dy.double() * _x_hat(x), dy.double())):
         assert within_bounds(ours_grad, dy, terms)
+
+
+class _Block(torch.nn.Module):
+    """A linear layer, LayerNorm and RMSNorm by lnorm.triton: what torch.compile must trace."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(n)
+        self.linear = torch.nn.Linear(n, n, dtype=torch.float64)
+        self.weight = torch.nn.Parameter(torch.rand(n, dtype=torch.float64, generator=generator))
+        self.bias = torch.nn.Parameter(torch.randn(n, dtype=torch.float64, generator=generator))
+        self.n = n
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = lnorm.triton.layer_norm(self.linear(x), self.n, self.weight, self.bias)
+        return lnorm.triton.rms_norm(2 * h, self.n, self.weight).pow(2).sum()
+
+
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+def test_torch_compile_traces_the_kernels_in_one_graph(backend: str) -> None:
+    # fullgraph=True: no graph break; aot_eager also traces the backward through the operators'
+    # fake implementations (inductor needs a C++ compiler here, and the GPU for Triton code)
+    torch._dynamo.reset()
+    block, x = _Block(16), torch.randn(4, 16, dtype=torch.float64)
+    compiled = torch.compile(block, fullgraph=True, backend=backend)
+    expected = torch.autograd.grad(block(x), list(block.parameters()))
+    loss = compiled(x)
+    torch.testing.assert_close(loss, block(x))
+    for ours, theirs in zip(torch.autograd.grad(loss, list(block.parameters())), expected):
+        torch.testing.assert_close(ours, theirs)
+
+
+def test_torch_func_grad() -> None:
+    block, x = _Block(12), torch.randn(3, 12, dtype=torch.float64)
+    parameters = {name: p.detach() for name, p in block.named_parameters()}
+    grads = torch.func.grad(lambda p, x: torch.func.functional_call(block, p, (x,)))(parameters, x)
+    expected = torch.autograd.grad(block(x), list(block.parameters()))
+    for name, theirs in zip(parameters, expected):
+        torch.testing.assert_close(grads[name], theirs)
+    dx = torch.func.grad(lambda x: lnorm.triton.layer_norm(x, 12).pow(2).sum())(x)
+    reference = torch.func.grad(lambda x: F.layer_norm(x, (12,)).pow(2).sum())(x)
+    torch.testing.assert_close(dx, reference)
+
+
+def test_the_operators_are_registered() -> None:
+    x = torch.randn(3, 8, dtype=torch.float64)
+    y, mean_hi, mean_lo, rstd = torch.ops.lnorm.layer_norm_forward(x, None, None, 8, 1e-5, x.dtype)
+    torch.testing.assert_close(y, F.layer_norm(x, (8,)))
+    torch.testing.assert_close(mean_hi + mean_lo, x.mean(-1))
+    torch.library.opcheck(
+        torch.ops.lnorm.rms_norm_forward, (x, torch.rand(8, dtype=torch.float64), 8, 1e-6, x.dtype),
+        test_utils=("test_schema", "test_faketensor"),
+    )

@@ -1,11 +1,13 @@
 """The operator layer of lnorm.triton: ``layer_norm`` and ``rms_norm``, their checks, and the
 kernels registered as ``torch.library`` custom operators with their autograd formulas.
 
-Registered operators (``lnorm::layer_norm_forward`` and ``..._backward``, ``lnorm::rms_norm_...``)
-are opaque to ``torch.compile``, which traces a model that calls them with ``fullgraph=True``
-(their fake implementations give it the output shapes and dtypes), and their autograd is
-registered in the ``setup_context`` form that ``torch.func.grad`` and ``vmap`` of ``grad`` need.
-The backward operators have no derivative of their own: differentiating twice raises.
+The registered operators (``lnorm::layer_norm_forward`` and ``..._backward``,
+``lnorm::rms_norm_...``) are opaque to ``torch.compile``, which traces a model that calls them
+with ``fullgraph=True`` (their fake implementations give it the output shapes and dtypes). Their
+derivatives are ``setup_context``-style autograd Functions (:class:`LayerNormFunction`,
+:class:`RMSNormFunction`) that call them, the form ``torch.func.grad`` needs (an operator's
+``register_autograd`` is not: torch generates a Function without ``setup_context`` for it). The
+backward operators have no derivative of their own: differentiating twice raises.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import contextlib
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 import lnorm.torch
 from lnorm.triton import kernels, plan
@@ -29,12 +32,17 @@ def _check_runs_here(x: torch.Tensor) -> None:
         )
 
 
-def _autocast_to_float32(x: torch.Tensor, *params: torch.Tensor | None) -> tuple:
-    """Under CUDA autocast, torch runs layer_norm in float32 (its inputs cast to float32, a
-    float32 result): the same here, so that the output dtype matches F.layer_norm's."""
-    if x.is_cuda and torch.is_autocast_enabled("cuda"):
-        return tuple(None if t is None else t.float() for t in (x, *params))
-    return (x, *params)
+def _as_torch_autocasts(norm, x: torch.Tensor, *params: torch.Tensor | None) -> tuple:
+    """Under CUDA autocast, torch casts the inputs of some operators to float32 (layer_norm is
+    on its float32 list) and returns float32: the inputs cast as torch's ``norm`` (F.layer_norm
+    or F.rms_norm) would cast them, read from a one-element call of it under the same autocast
+    state, so that the output dtype matches torch's whatever its lists say."""
+    if not (x.is_cuda and torch.is_autocast_enabled("cuda")):
+        return (x, *params)
+    dtype = norm(torch.ones(1, 1, dtype=x.dtype, device=x.device), (1,)).dtype
+    if dtype == x.dtype:
+        return (x, *params)
+    return tuple(None if t is None else t.to(dtype) for t in (x, *params))
 
 
 def layer_norm(
@@ -49,15 +57,15 @@ def layer_norm(
 
     Differentiable once in x, weight and bias. float16 and bfloat16 inputs are loaded as they
     are and computed in float32; float64 is computed in float64. Under CUDA autocast the inputs
-    are cast to float32 first and the result is float32, as torch's layer_norm does.
+    are cast as torch's layer_norm casts them (to float32: the result is float32, as torch's).
     """
-    x, weight, bias = _autocast_to_float32(x, weight, bias)
+    x, weight, bias = _as_torch_autocasts(F.layer_norm, x, weight, bias)
     normalized_shape, eps, work_dtype = lnorm.torch.checked_arguments(
         x, normalized_shape, weight, bias, eps
     )
     _check_runs_here(x)
     n_cols = _row_length(x, normalized_shape)
-    return torch.ops.lnorm.layer_norm_forward(x, weight, bias, n_cols, eps, work_dtype)[0]
+    return LayerNormFunction.apply(x, weight, bias, n_cols, eps, work_dtype)[0]
 
 
 def rms_norm(
@@ -74,10 +82,12 @@ def rms_norm(
     in), with one exception. Differentiable once in x and weight. float16, bfloat16 and float32
     inputs are computed in float32 and rounded once, float64 in float64; a weight of any floating
     dtype is converted exactly to that dtype, which is where torch forms ``x_hat * weight`` too.
-    The exception: a float64 weight with a float32 or 16-bit input. torch forms that product in
+    Under CUDA autocast, the inputs are cast as torch's rms_norm casts them. The exception: a
+    float64 weight with a float32 or 16-bit input. torch forms that product in
     float64, which these kernels, computing such inputs in float32, do not: it raises a
     ``TypeError`` (convert the weight to float32, or the input to float64).
     """
+    x, weight = _as_torch_autocasts(F.rms_norm, x, weight)
     normalized_shape, eps, work_dtype = lnorm.torch.checked_rms_norm_arguments(
         x, normalized_shape, weight, eps
     )
@@ -89,7 +99,7 @@ def rms_norm(
         )
     _check_runs_here(x)
     n_cols = _row_length(x, normalized_shape)
-    return torch.ops.lnorm.rms_norm_forward(x, weight, n_cols, eps, work_dtype)[0]
+    return RMSNormFunction.apply(x, weight, n_cols, eps, work_dtype)[0]
 
 
 def _row_length(x: torch.Tensor, normalized_shape: tuple[int, ...]) -> int:
@@ -192,6 +202,7 @@ def _layer_norm_setup_context(ctx, inputs, output) -> None:
     x, weight, bias, n_cols, eps, work_dtype = inputs
     _, mean_hi, mean_lo, rstd = output
     ctx.save_for_backward(x, weight, bias, mean_hi, mean_lo, rstd)
+    ctx.mark_non_differentiable(mean_hi, mean_lo, rstd)
     ctx.n_cols = n_cols
 
 
@@ -199,12 +210,14 @@ def _layer_norm_autograd(ctx, dy, _mean_hi, _mean_lo, _rstd):
     x, weight, bias, mean_hi, mean_lo, rstd = ctx.saved_tensors
     wanted = (ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1],
               bias is not None and ctx.needs_input_grad[2])
-    gradients = torch.ops.lnorm.layer_norm_backward(
-        dy, x, weight, bias, mean_hi, mean_lo, rstd, ctx.n_cols, *wanted)
-    return (*(g if want else None for g, want in zip(gradients, wanted)), None, None, None)
+    with torch.no_grad():  # the operator's own (generated) autograd is not functorch's
+        gradients = torch.ops.lnorm.layer_norm_backward(
+            dy, x, weight, bias, mean_hi, mean_lo, rstd, ctx.n_cols, *wanted)
+    gradients = _once_differentiable(
+        tuple(g if w else None for g, w in zip(gradients, wanted)), dy, *ctx.saved_tensors)
+    return (*gradients, None, None, None)
 
 
-_layer_norm_forward.register_autograd(_layer_norm_autograd, setup_context=_layer_norm_setup_context)
 
 
 # --- RMSNorm ----------------------------------------------------------------------------------
@@ -260,25 +273,73 @@ def _(dy, x, weight, rstd, n_cols, wants_dx, wants_dweight):
 def _rms_norm_setup_context(ctx, inputs, output) -> None:
     x, weight, n_cols, eps, work_dtype = inputs
     ctx.save_for_backward(x, weight, output[1])
+    ctx.mark_non_differentiable(output[1])
     ctx.n_cols = n_cols
 
 
 def _rms_norm_autograd(ctx, dy, _rstd):
     x, weight, rstd = ctx.saved_tensors
     wanted = (ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1])
-    gradients = torch.ops.lnorm.rms_norm_backward(dy, x, weight, rstd, ctx.n_cols, *wanted)
-    return (*(g if want else None for g, want in zip(gradients, wanted)), None, None, None)
+    with torch.no_grad():
+        gradients = torch.ops.lnorm.rms_norm_backward(dy, x, weight, rstd, ctx.n_cols, *wanted)
+    gradients = _once_differentiable(
+        tuple(g if w else None for g, w in zip(gradients, wanted)), dy, *ctx.saved_tensors)
+    return (*gradients, None, None, None)
 
 
-_rms_norm_forward.register_autograd(_rms_norm_autograd, setup_context=_rms_norm_setup_context)
 
 
-def _no_second_derivative(ctx, *grads):
-    raise RuntimeError(
-        "lnorm.triton's backward kernels have no derivative of their own: cannot differentiate "
-        "twice (use lnorm.torch for higher derivatives)"
-    )
+class LayerNormFunction(torch.autograd.Function):
+    """The LayerNorm operators as a ``setup_context``-style Function: what ``torch.func.grad``
+    needs (the operators' own autograd registration serves autograd and ``torch.compile``)."""
+
+    @staticmethod
+    def forward(x, weight, bias, n_cols, eps, work_dtype):
+        return torch.ops.lnorm.layer_norm_forward(x, weight, bias, n_cols, eps, work_dtype)
+
+    setup_context = staticmethod(_layer_norm_setup_context)
+    backward = staticmethod(_layer_norm_autograd)
 
 
-for _backward in (_layer_norm_backward, _rms_norm_backward):
-    _backward.register_autograd(_no_second_derivative, setup_context=lambda ctx, inputs, output: None)
+class RMSNormFunction(torch.autograd.Function):
+    """The RMSNorm operators as a ``setup_context``-style Function (see LayerNormFunction)."""
+
+    @staticmethod
+    def forward(x, weight, n_cols, eps, work_dtype):
+        return torch.ops.lnorm.rms_norm_forward(x, weight, n_cols, eps, work_dtype)
+
+    setup_context = staticmethod(_rms_norm_setup_context)
+    backward = staticmethod(_rms_norm_autograd)
+
+
+class _NoSecondDerivative(torch.autograd.Function):
+    """Passes the first derivatives through (copies, made only when a graph of them is being
+    built, ``create_graph=True``), tied to the inputs they depend on (dy, x and the
+    parameters), and raises if they are differentiated: the backward kernels have no derivative
+    of their own."""
+
+    @staticmethod
+    def forward(count, *gradients_and_inputs):
+        return tuple(g.clone() for g in gradients_and_inputs[:count])
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            "lnorm.triton's backward kernels have no derivative of their own: cannot "
+            "differentiate twice (use lnorm.torch for higher derivatives)"
+        )
+
+
+def _once_differentiable(gradients: tuple, *depends_on: torch.Tensor | None) -> tuple:
+    """The gradients, made to raise if differentiated again (only when grad mode is on in the
+    backward, that is under create_graph=True)."""
+    if not torch.is_grad_enabled():
+        return gradients
+    present = [g for g in gradients if g is not None]
+    inputs = [t for t in depends_on if t is not None]
+    wrapped = iter(_NoSecondDerivative.apply(len(present), *present, *inputs))
+    return tuple(None if g is None else next(wrapped) for g in gradients)

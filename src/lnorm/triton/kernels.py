@@ -57,7 +57,8 @@ def _divide(a, count, COMPUTE: tl.constexpr):
 
 @triton.jit
 def _reciprocal_sqrt(v, COMPUTE: tl.constexpr):
-    """1 / sqrt(v) from the correctly rounded sqrt and division (Triton's defaults are approximate)."""
+    """1 / sqrt(v) from the correctly rounded sqrt and division (Triton's defaults are
+    approximate)."""
     if COMPUTE == tl.float32:
         return tl.div_rn(1.0, tl.sqrt_rn(v))
     else:
@@ -80,14 +81,16 @@ def _rounded_to(value, DTYPE: tl.constexpr):
         value = tl.where(value != value, value, bits.to(tl.float64, bitcast=True)).to(tl.float32)
     if _ROUND_BFLOAT16_BY_HAND and DTYPE == tl.bfloat16 and value.dtype == tl.float32:
         bits = value.to(tl.uint32, bitcast=True)
-        bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & 0xFFFF0000  # the interpreter then only truncates
+        # the interpreter then only truncates
+        bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & 0xFFFF0000
         value = tl.where(value != value, value, bits.to(tl.float32, bitcast=True))
     return value.to(DTYPE)
 
 
 @triton.jit
 def _two_sum(a, b):
-    """s = fl(a + b) and the exact error e, a + b = s + e (Knuth's TwoSum: no condition on |a|, |b|)."""
+    """s = fl(a + b) and the exact error e, a + b = s + e (Knuth's TwoSum: no condition on |a|
+    and |b|)."""
     s = a + b
     b_virtual = s - a
     e = (a - (s - b_virtual)) + (b - b_virtual)
@@ -174,7 +177,7 @@ def _forward_kernel(
     n_cols = _aligned(n_cols, ALIGN)
     x_row_stride = _aligned(x_row_stride, ALIGN)
     y_row_stride = _aligned(y_row_stride, ALIGN)
-    eps = tl.full([], eps, COMPUTE)  # the interpreter passes a Python float: no rounding to float32
+    eps = tl.full([], eps, COMPUTE)  # the interpreter passes a Python float: not rounded to f32
     cols = tl.arange(0, BLOCK_N)
     if ONE_BLOCK:
         # Tiles of BLOCK_M whole rows, each loaded once and kept in registers for every step;
@@ -206,7 +209,8 @@ def _forward_kernel(
                 tl.store(mean_lo_ptr + rows, lo, mask=row_in)
             else:
                 # masked lanes are 0 and add nothing
-                rstd = _reciprocal_sqrt(_divide(tl.sum(x * x, axis=1), n_cols, COMPUTE) + eps, COMPUTE)
+                mean_square = _divide(tl.sum(x * x, axis=1), n_cols, COMPUTE)
+                rstd = _reciprocal_sqrt(mean_square + eps, COMPUTE)
                 y = x * rstd[:, None]
             if HAS_WEIGHT:
                 y = y * weight.to(COMPUTE)[None, :]
@@ -335,7 +339,8 @@ def _backward_kernel(
                 dweight, dweight_carry = _add_tile_rows(
                     dweight, dweight_carry, dy * x_hat, BLOCK_M, BLOCK_N, KAHAN)
             if COMPUTE_DBIAS:
-                dbias, dbias_carry = _add_tile_rows(dbias, dbias_carry, dy, BLOCK_M, BLOCK_N, KAHAN)
+                dbias, dbias_carry = _add_tile_rows(
+                    dbias, dbias_carry, dy, BLOCK_M, BLOCK_N, KAHAN)
         if COMPUTE_DWEIGHT:
             tl.store(dweight_partial + cols, dweight, mask=col_in)
         if COMPUTE_DBIAS:
@@ -370,8 +375,7 @@ def _backward_kernel(
                     mask = start + cols < n_cols
                     x = tl.load(x_row + start + cols, mask=mask, other=0.0).to(COMPUTE)
                     g = tl.load(dy_row + start + cols, mask=mask, other=0.0).to(COMPUTE)
-                    if HAS_WEIGHT:
-                        g = g * tl.load(weight_ptr + start + cols, mask=mask, other=0.0).to(COMPUTE)
+                    g = g * _loaded_or_one(weight_ptr, start + cols, mask, HAS_WEIGHT, COMPUTE)
                     if CENTRED:
                         sum_g += g
                     sum_gx += g * _normalized(x, hi, lo, rstd, mask, CENTRED)
@@ -384,14 +388,13 @@ def _backward_kernel(
                 dy = tl.load(dy_row + start + cols, mask=mask, other=0.0).to(COMPUTE)
                 x_hat = _normalized(x, hi, lo, rstd, mask, CENTRED)
                 if COMPUTE_DX:
-                    g = dy
-                    if HAS_WEIGHT:
-                        g = dy * tl.load(weight_ptr + start + cols, mask=mask, other=0.0).to(COMPUTE)
+                    g = dy * _loaded_or_one(weight_ptr, start + cols, mask, HAS_WEIGHT, COMPUTE)
                     if CENTRED:
                         dx = (g - mean_g - x_hat * mean_gx) * rstd
                     else:
                         dx = (g - x_hat * mean_gx) * rstd
-                    tl.store(dx_row + start + cols, _rounded_to(dx, dx_ptr.dtype.element_ty), mask=mask)
+                    tl.store(dx_row + start + cols, _rounded_to(dx, dx_ptr.dtype.element_ty),
+                             mask=mask)
                 if COMPUTE_DWEIGHT:
                     at = dweight_partial + start + cols
                     _add_to_partials(at, at + carries, mask, dy * x_hat)
@@ -427,13 +430,19 @@ def _column_sum_kernel(
         total, carry = _add_tile_rows(total, carry, tile, PARTIALS, BLOCK_N, True)
     if HAS_DWEIGHT and HAS_DBIAS:
         if gradient == 0:
-            tl.store(dweight_ptr + cols, _rounded_to(total, dweight_ptr.dtype.element_ty), mask=col_in)
+            _store_rounded(dweight_ptr + cols, total, col_in)
         else:
-            tl.store(dbias_ptr + cols, _rounded_to(total, dbias_ptr.dtype.element_ty), mask=col_in)
+            _store_rounded(dbias_ptr + cols, total, col_in)
     elif HAS_DWEIGHT:
-        tl.store(dweight_ptr + cols, _rounded_to(total, dweight_ptr.dtype.element_ty), mask=col_in)
+        _store_rounded(dweight_ptr + cols, total, col_in)
     else:
-        tl.store(dbias_ptr + cols, _rounded_to(total, dbias_ptr.dtype.element_ty), mask=col_in)
+        _store_rounded(dbias_ptr + cols, total, col_in)
+
+
+@triton.jit
+def _store_rounded(pointers, value, mask):
+    """value stored at pointers, rounded to nearest in their dtype (_rounded_to)."""
+    tl.store(pointers, _rounded_to(value, pointers.dtype.element_ty), mask=mask)
 
 
 # fmt: on

@@ -166,7 +166,8 @@ def _layer_norm_backward(
     wants_dx: bool, wants_dweight: bool, wants_dbias: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx, dweight, dbias); a gradient not wanted is an empty tensor."""
-    dx, dweight, dbias = _gradient_outputs(x, (weight, bias), (wants_dx, wants_dweight, wants_dbias))
+    wanted = (wants_dx, wants_dweight, wants_dbias)
+    dx, dweight, dbias = _gradient_outputs(x, (weight, bias), wanted)
     rows = input_rows(x, n_cols)
     if rows.numel() and (wants_dx or wants_dweight or wants_dbias):
         with on_device(x):

@@ -211,29 +211,35 @@ def rms_forward_launch(x_rows, y, weight, rstd, eps: float,
     return forward_launch(x_rows, y, weight, None, None, None, rstd, eps, sm_count)
 
 
-def backward_plan(x_rows: torch.Tensor, sm_count: int | None = None) -> tuple[Tiling, int]:
+def backward_plan(x_rows: torch.Tensor, sm_count: int | None = None,
+                  weight: torch.Tensor | None = None) -> tuple[Tiling, int]:
     """The tiling of a backward pass over x_rows, and its number of programs."""
     n_rows, n_cols = x_rows.shape
     t = tiling(n_cols, x_rows.element_size(), n_rows, BACKWARD_ELEMENTS_PER_THREAD,
                BACKWARD_MAX_BLOCK // (2 if x_rows.element_size() == 8 else 1))
-    return t, _backward_programs(t, n_rows, x_rows, sm_count)
+    return t, _backward_programs(t, n_rows, x_rows, sm_count, weight)
 
 
-def _backward_programs(t: Tiling, n_rows: int, x_rows: torch.Tensor,
-                       sm_count: int | None) -> int:
+def _held_element_size(x_rows: torch.Tensor, weight: torch.Tensor | None) -> int:
+    return max(x_rows.element_size(), 0 if weight is None else weight.element_size())
+
+
+def _backward_programs(t: Tiling, n_rows: int, x_rows: torch.Tensor, sm_count: int | None,
+                       weight: torch.Tensor | None) -> int:
     n_tiles = triton.cdiv(n_rows, t.rows_per_program)
     if sm_count is None:
         programs = backward_program_count(n_tiles, x_rows.device, t.num_warps)
     else:
         programs = program_count(n_tiles, x_rows.device, t.num_warps, sm_count)
-    if not kahan_carries(t, x_rows.element_size()):
+    if not kahan_carries(t, _held_element_size(x_rows, weight)):
         programs = max(programs, min(MAX_PARTIALS, triton.cdiv(n_tiles, MAX_TILES_WITHOUT_CARRY)))
     return programs
 
 
 def kahan_carries(t: Tiling, element_size: int) -> bool:
     """Whether the backward keeps Kahan carries of its partial gradients in registers (the
-    looped path keeps them in its partial buffer)."""
+    looped path keeps them in its partial buffer); ``element_size`` the larger of the input's
+    and the weight's (a float32 weight held in registers takes twice a bfloat16 one's room)."""
     return not t.one_block or t.block * element_size <= KAHAN_MAX_BLOCK_BYTES
 
 
@@ -245,7 +251,7 @@ def backward_launches(dy_rows, x_rows, weight, mean_hi, mean_lo, rstd, dx, dweig
     allocated here, uninitialised: every program writes its own rows of it.
 
     Rows of up to BACKWARD_MAX_BLOCK elements: one launch, x and dy read once. Rows longer than
-    that but within the forward's block (16384; 8192 in float64) take two launches of the same
+    that but within the forward's block (16384; not in float64) take two launches of the same
     kernel, each reading x and dy once: one computes dx with the whole row in registers, without
     the parameter gradients' accumulators, the other the parameter gradients over column blocks
     (``split``, 5 row reads or writes instead of 3). Longer rows: the looped path (x and dy read
@@ -253,11 +259,12 @@ def backward_launches(dy_rows, x_rows, weight, mean_hi, mean_lo, rstd, dx, dweig
     n_rows, n_cols = x_rows.shape
     centred = mean_hi is not None
     prefix = "" if centred else "rms_"
-    t, programs = backward_plan(x_rows, sm_count)
-    split = not t.one_block and block_size(n_cols, x_rows.element_size(), FORWARD_MAX_BLOCK)[1]
+    t, programs = backward_plan(x_rows, sm_count, weight)
+    split = (not t.one_block and x_rows.element_size() <= 4  # float64 rows of 8192 would spill
+             and block_size(n_cols, x_rows.element_size(), FORWARD_MAX_BLOCK)[1])
     if split:
         t = Tiling(t.block, True, 1, t.num_warps)
-        programs = _backward_programs(t, n_rows, x_rows, sm_count)
+        programs = _backward_programs(t, n_rows, x_rows, sm_count, weight)
     gradients = [out for out in (dweight, dbias) if out is not None]
     rows_per_gradient = programs * (1 if t.one_block else 2)  # looped: and the Kahan carries
     partials = (
@@ -275,7 +282,7 @@ def backward_launches(dy_rows, x_rows, weight, mean_hi, mean_lo, rstd, dx, dweig
                      COMPUTE=compute_dtype(rstd.dtype), BLOCK_M=t.rows_per_program,
                      BLOCK_N=t.block, ONE_BLOCK=t.one_block,
                      ALIGN=alignment(n_cols, dy_rows.stride(0), x_rows.stride(0), dx.stride(0)),
-                     KAHAN=kahan_carries(t, x_rows.element_size()))
+                     KAHAN=kahan_carries(t, _held_element_size(x_rows, weight)))
     launches = []
     if split:
         if compute_dx:

@@ -37,12 +37,12 @@ def _as_torch_autocasts(norm, x: torch.Tensor, *params: torch.Tensor | None) -> 
     on its float32 list) and returns float32: the inputs cast as torch's ``norm`` (F.layer_norm
     or F.rms_norm) would cast them, read from a one-element call of it under the same autocast
     state, so that the output dtype matches torch's whatever its lists say."""
-    if not (x.is_cuda and torch.is_autocast_enabled("cuda")):
-        return (x, *params)
+    if not (isinstance(x, torch.Tensor) and x.is_cuda and torch.is_autocast_enabled("cuda")):
+        return (x, *params)  # (the argument checks come next, and name what is wrong)
     dtype = norm(torch.ones(1, 1, dtype=x.dtype, device=x.device), (1,)).dtype
     if dtype == x.dtype:
         return (x, *params)
-    return tuple(None if t is None else t.to(dtype) for t in (x, *params))
+    return tuple(t.to(dtype) if isinstance(t, torch.Tensor) else t for t in (x, *params))
 
 
 def layer_norm(

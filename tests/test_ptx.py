@@ -173,7 +173,7 @@ def test_unaligned_rows_compile_and_run() -> None:
     # alignment hint; the kernels compile (narrower accesses, no spills) and compute correctly
     script = """
 import torch, lnorm.ptx
-x = torch.empty(4097 * 64, dtype=torch.bfloat16, device="meta")[1:].view(64, 4096)
+x = torch.empty(64 * 4096 + 1, dtype=torch.bfloat16, device="meta")[1:].view(64, 4096)
 launches = lnorm.ptx.dispatched_launches(torch.bfloat16, 4096, 64)
 for launch in launches:
     if "x_ptr" in launch.args:

@@ -267,7 +267,7 @@ def global_accesses(ptx: str, parameters: list[str]) -> list[GlobalAccess]:
                 if op == "param":
                     pointers.add(sources[0])
                     continue
-                if _PRODUCT_32.match(op) and len(sources) >= 3:  # destination, two registers
+                if _PRODUCT_32.match(op) and len(sources) >= 2:  # of two registers
                     products += 1
                 todo.extend(sources)
         pointer = next((p for p in pointers if p.endswith("_ptr")), None)

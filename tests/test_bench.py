@@ -90,3 +90,45 @@ def test_gpu_cases_read_at_least_256_mib() -> None:
     for n in lnorm.bench.GPU_ROW_LENGTHS:
         for size in (2, 4):
             assert lnorm.bench.gpu_rows(n, size) * n * size >= 256 * 2**20
+
+
+@pytest.mark.skipif(not HAVE_TRITON, reason=NO_TRITON)
+def test_traffic_counts_a_known_kernel() -> None:
+    # a kernel that copies 10 of 16 float32 values (a mask) and reads one scalar twice: 48 bytes
+    # read, 44 of them distinct, 40 written, in one launch
+    import triton
+    import triton.language as tl
+
+    import lnorm.triton  # noqa: F401  (the interpreter, as conftest set it)
+
+    @triton.jit
+    def copy(source, target, scalar, n):
+        offsets = tl.arange(0, 16)
+        value = tl.load(scalar) + tl.load(scalar)
+        tl.store(target + offsets, tl.load(source + offsets, mask=offsets < n) + value,
+                 mask=offsets < n)
+
+    source, target, scalar = torch.arange(16.0), torch.zeros(16), torch.zeros(1)
+    with lnorm.bench.counted_traffic() as traffic:
+        copy[(1,)](source, target, scalar, 10)
+    assert torch.equal(target[:10], source[:10]) and not target[10:].any()
+    assert (traffic.read, traffic.written, traffic.launches) == (48, 40, 1)
+    assert (traffic.distinct("read"), traffic.distinct("written")) == (44, 40)
+    with lnorm.bench.counted_traffic() as nothing:
+        pass
+    assert nothing.total == 0  # and the interpreter's loads are unwrapped again
+    copy[(1,)](source, target, scalar, 10)
+    assert nothing.total == 0
+
+
+@pytest.mark.skipif(not HAVE_TRITON, reason=NO_TRITON)
+def test_traffic_table_of_one_small_case() -> None:
+    results = lnorm.bench.measure_traffic([64], [torch.float32], rows=64)
+    assert {(r["norm"], r["pass_"]) for r in results} == {
+        (norm, p) for norm in ("layer_norm", "rms_norm") for p in ("forward", "backward")
+    }
+    for r in results:
+        ideal = {"forward": 8, "backward": 12}[r["pass_"]]  # float32: x, y; x, dy, dx
+        assert r["ideal_per_element"] == ideal
+        assert r["total_per_element"] >= r["distinct_per_element"] >= ideal
+        assert r["launches"] == (1 if r["pass_"] == "forward" else 2)

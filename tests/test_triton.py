@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 import lnorm.triton
 from conftest import autograd_backward
+from gradient_tolerances import parameter_gradient_errors, within_bounds
 
 torch_backward = autograd_backward(lambda x, shape, w, b, eps: F.layer_norm(x, shape, w, b, eps))
 triton_backward = autograd_backward(lnorm.triton.layer_norm)
@@ -53,7 +54,7 @@ def test_both_kernel_paths_match_torch(triton_block_bytes: int, dtype: torch.dty
 
 
 def test_a_long_row_takes_the_looped_path() -> None:
-    block, one_block = lnorm.triton._launch_config(100_000, 4)
+    block, one_block = lnorm.triton.block_size(100_000, 4)
     assert (block, one_block) == (16384, False)
     x = torch.randn(2, 100_000) + 1e4
     torch.testing.assert_close(
@@ -119,9 +120,9 @@ def test_a_strided_input_is_read_in_place(monkeypatch: pytest.MonkeyPatch) -> No
     x = base[::2]
     assert not x.is_contiguous()
     seen = []
-    original = lnorm.triton.forward_launch
+    original = lnorm.triton.plan.forward_launch
     monkeypatch.setattr(
-        lnorm.triton,
+        lnorm.triton.plan,
         "forward_launch",
         lambda rows, *a: seen.append(rows.data_ptr() == base.data_ptr() and rows.stride(0) == 80)
         or original(rows, *a),
@@ -152,7 +153,9 @@ def test_short_rows_are_tiled_several_per_program() -> None:
 
 def test_backward_programs_without_rows(monkeypatch: pytest.MonkeyPatch) -> None:
     # more programs than tiles: the extra programs write zero partial sums
-    monkeypatch.setattr(lnorm.triton, "backward_program_count", lambda tiles, device: tiles + 5)
+    monkeypatch.setattr(
+        lnorm.triton.plan, "backward_program_count", lambda tiles, device, warps: tiles + 5
+    )
     generator = torch.Generator().manual_seed(3)
     x, dy = (torch.randn(20, 24, dtype=torch.float64, generator=generator) for _ in range(2))
     weight, bias = torch.rand(24, dtype=torch.float64), torch.randn(24, dtype=torch.float64)
@@ -170,14 +173,14 @@ def test_backward_computes_only_the_gradients_asked_for(
     wanted: tuple[bool, bool, bool], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     launched = []
-    original = lnorm.triton.backward_launches
+    original = lnorm.triton.plan.backward_launches
 
     def spy(*args, **kwargs):
         launches = original(*args, **kwargs)
         launched.extend((launch.name, launch.constants) for launch in launches)
         return launches
 
-    monkeypatch.setattr(lnorm.triton, "backward_launches", spy)
+    monkeypatch.setattr(lnorm.triton.plan, "backward_launches", spy)
     x, dy = torch.randn(6, 16, dtype=torch.float64), torch.randn(6, 16, dtype=torch.float64)
     weight, bias = torch.rand(16, dtype=torch.float64), torch.randn(16, dtype=torch.float64)
     ours = _gradients(_triton(16), x, weight, bias, dy, wanted)
@@ -186,9 +189,8 @@ def test_backward_computes_only_the_gradients_asked_for(
         torch.testing.assert_close(a, b)
     kernel = dict(launched)["backward"]
     assert (kernel["COMPUTE_DX"], kernel["COMPUTE_DWEIGHT"], kernel["COMPUTE_DBIAS"]) == wanted
-    assert {name for name, _ in launched} == {"backward"} | {
-        f"column_sum_{g}" for g, w in zip(("dweight", "dbias"), wanted[1:]) if w
-    }
+    # one column sum for dweight and dbias together, none when neither is wanted
+    assert [name for name, _ in launched] == ["backward"] + ["column_sum"] * any(wanted[1:])
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
@@ -204,16 +206,34 @@ def test_parameter_gradients_of_many_rows(
     dy = (torch.randn(m, n, generator=generator) + 0.5).to(dtype)
     weight, bias = torch.rand(n, generator=generator).to(dtype), torch.randn(n, generator=generator).to(dtype)
     ours = _gradients(_triton(n), x, weight, bias, dy)
-    reference = _gradients(
-        lambda *a: F.layer_norm(a[0], (n,), *a[1:]),
-        x.double(), weight.double(), bias.double(), dy.double(),
-    )
-    # in float64 units of the summed magnitudes: sum |dy x_hat| and sum |dy| over the rows
-    for ours_grad, expected in zip(ours[1:], reference[1:]):
+    # the bound of each sum (tests/gradient_tolerances.py): its final rounding to the dtype and
+    # the summation's growth factor times the summed magnitudes, in the compute dtype
+    for ours_grad, terms in zip(ours[1:], (dy.double() * _x_hat(x), dy.double())):
         assert ours_grad.dtype == dtype
-        scale = m * expected.abs().max().clamp(min=1.0)
-        tolerance = torch.finfo(dtype).eps * scale
-        assert (ours_grad.double() - expected).abs().max() <= tolerance
+        assert within_bounds(ours_grad, dy, terms)
+
+
+def _x_hat(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """x_hat of the rows of x, in float64 from the (rounded) inputs."""
+    x = x.double()
+    mean = x.mean(-1, keepdim=True)
+    return (x - mean) / ((x - mean).pow(2).mean(-1, keepdim=True) + eps).sqrt()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_a_wrong_parameter_gradient_fails_the_bounds(dtype: torch.dtype) -> None:
+    # the tolerance of the test above is tight enough to catch a zero or halved dweight
+    generator = torch.Generator().manual_seed(11)
+    x = (torch.randn(257, 8, generator=generator) * 2 + 3).to(dtype)
+    dy = (torch.randn(257, 8, generator=generator) + 0.5).to(dtype)
+    weight, bias = torch.rand(8, generator=generator).to(dtype), torch.randn(8).to(dtype)
+    _, dweight, _ = _gradients(_triton(8), x, weight, bias, dy)
+    terms = dy.double() * _x_hat(x)
+    assert within_bounds(dweight, dy, terms)
+    errors, tolerance = parameter_gradient_errors(dweight, dy, terms)
+    assert (tolerance < terms.sum(0).abs() / 4).all()  # far below the gradient itself
+    for wrong in (torch.zeros_like(dweight), dweight / 2, dweight * (1 + 2**-5)):
+        assert not within_bounds(wrong, dy, terms)
 
 
 def test_parameter_gradient_error_does_not_grow_with_the_rows() -> None:
@@ -234,7 +254,7 @@ def test_parameter_gradient_error_does_not_grow_with_the_rows() -> None:
 def test_a_cpu_launch_needs_no_cuda_device_guard() -> None:
     # on a GPU the kernels launch under the input's device (torch.cuda.device); on the CPU
     # (the interpreter) there is no device to switch to
-    assert isinstance(lnorm.triton._on_device(torch.ones(1)), contextlib.nullcontext)
+    assert isinstance(lnorm.triton.ops.on_device(torch.ones(1)), contextlib.nullcontext)
 
 
 def test_rows_whose_stride_breaks_the_alignment() -> None:
@@ -244,3 +264,87 @@ def test_rows_whose_stride_breaks_the_alignment() -> None:
     assert lnorm.triton.alignment(40, x.stride(0)) == 1
     assert lnorm.triton.alignment(40, 80) == 8 and lnorm.triton.alignment(4096, 8192) == 16
     torch.testing.assert_close(lnorm.triton.layer_norm(x, 40), F.layer_norm(x, (40,)))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_rows_longer_than_the_backward_block_take_two_launches(
+    monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype
+) -> None:
+    # Rows within the forward's block but longer than the backward's: dx with the whole row in
+    # registers, the parameter gradients over column blocks (of 16, or 8 in float64)
+    monkeypatch.setattr(lnorm.triton, "BACKWARD_MAX_BLOCK", 16)
+    generator = torch.Generator().manual_seed(7)
+    x = (torch.randn(50, 40, generator=generator) * 2 + 3).to(dtype)
+    dy = torch.randn(50, 40, generator=generator).to(dtype)
+    weight, bias = torch.rand(40, generator=generator).to(dtype), torch.randn(40).to(dtype)
+    launches = lnorm.triton.backward_launches(
+        dy, x, weight, *(torch.empty(50) for _ in range(3)), dy, weight, bias, compute_dx=True
+    )
+    assert [launch.name for launch in launches] == [
+        "backward_dx", "backward_parameters", "column_sum"
+    ]
+    block = launches[1].constants["BLOCK_N"]
+    assert block == (8 if dtype == torch.float64 else 16) and launches[1].grid[1] == -(-40 // block)
+    assert launches[0].constants["BLOCK_N"] == 64  # the whole row
+    ours = _gradients(_triton(40), x, weight, bias, dy)
+    theirs = _gradients(
+        lambda *a: F.layer_norm(a[0], (40,), *a[1:]),
+        x.double(), weight.double(), bias.double(), dy.double(),
+    )
+    loose = dict(atol=2e-2, rtol=2e-2) if dtype == torch.bfloat16 else {}
+    torch.testing.assert_close(ours[0].double(), theirs[0], **loose)  # dx
+    for ours_grad, terms in zip(ours[1:], (dy.double() * _x_hat(x), dy.double())):
+        assert within_bounds(ours_grad, dy, terms)
+
+
+class _Block(torch.nn.Module):
+    """A linear layer, LayerNorm and RMSNorm by lnorm.triton: what torch.compile must trace."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(n)
+        self.linear = torch.nn.Linear(n, n, dtype=torch.float64)
+        self.weight = torch.nn.Parameter(torch.rand(n, dtype=torch.float64, generator=generator))
+        self.bias = torch.nn.Parameter(torch.randn(n, dtype=torch.float64, generator=generator))
+        self.n = n
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = lnorm.triton.layer_norm(self.linear(x), self.n, self.weight, self.bias)
+        return lnorm.triton.rms_norm(2 * h, self.n, self.weight).pow(2).sum()
+
+
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+def test_torch_compile_traces_the_kernels_in_one_graph(backend: str) -> None:
+    # fullgraph=True: no graph break; aot_eager also traces the backward through the operators'
+    # fake implementations (inductor needs a C++ compiler here, and the GPU for Triton code)
+    torch._dynamo.reset()
+    block, x = _Block(16), torch.randn(4, 16, dtype=torch.float64)
+    compiled = torch.compile(block, fullgraph=True, backend=backend)
+    expected = torch.autograd.grad(block(x), list(block.parameters()))
+    loss = compiled(x)
+    torch.testing.assert_close(loss, block(x))
+    for ours, theirs in zip(torch.autograd.grad(loss, list(block.parameters())), expected):
+        torch.testing.assert_close(ours, theirs)
+
+
+def test_torch_func_grad() -> None:
+    block, x = _Block(12), torch.randn(3, 12, dtype=torch.float64)
+    parameters = {name: p.detach() for name, p in block.named_parameters()}
+    grads = torch.func.grad(lambda p, x: torch.func.functional_call(block, p, (x,)))(parameters, x)
+    expected = torch.autograd.grad(block(x), list(block.parameters()))
+    for name, theirs in zip(parameters, expected):
+        torch.testing.assert_close(grads[name], theirs)
+    dx = torch.func.grad(lambda x: lnorm.triton.layer_norm(x, 12).pow(2).sum())(x)
+    reference = torch.func.grad(lambda x: F.layer_norm(x, (12,)).pow(2).sum())(x)
+    torch.testing.assert_close(dx, reference)
+
+
+def test_the_operators_are_registered() -> None:
+    x = torch.randn(3, 8, dtype=torch.float64)
+    y, mean_hi, mean_lo, rstd = torch.ops.lnorm.layer_norm_forward(x, None, None, 8, 1e-5, x.dtype)
+    torch.testing.assert_close(y, F.layer_norm(x, (8,)))
+    torch.testing.assert_close(mean_hi + mean_lo, x.mean(-1))
+    torch.library.opcheck(
+        torch.ops.lnorm.rms_norm_forward, (x, torch.rand(8, dtype=torch.float64), 8, 1e-6, x.dtype),
+        test_utils=("test_schema", "test_faketensor"),
+    )

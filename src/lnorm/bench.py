@@ -4,6 +4,7 @@
     python -m lnorm.bench --csv results.csv          # and a CSV the book can plot
     python -m lnorm.bench --device cuda --csv gpu.csv  # GPU: Triton vs torch, forward and backward
     python -m lnorm.bench --ptx DIR                  # no GPU needed: compile for sm_90, read the PTX
+    python -m lnorm.bench --traffic --csv t.csv      # no GPU needed: bytes each kernel moves
 
 The CPU table times RMSNorm (``torch.nn.functional.rms_norm``, ``lnorm.torch.rms_norm``,
 ``lnorm.numpy.rms_norm``, all with eps=None) beside LayerNorm, on the same inputs.
@@ -403,6 +404,138 @@ def measure_gpu(
     return results
 
 
+#: ``--traffic``: the cases counted. 512 rows: the interpreter runs 16 programs (the plan's
+#: INTERPRETER_PROGRAMS), 32 rows each, so that what a program loads once (weight, bias) and writes
+#: once (partial gradients) weighs per row as on an H100's 132 programs over about 4,200 rows.
+TRAFFIC_ROWS = 512
+TRAFFIC_ROW_LENGTHS = [768, 4096, 5120, 8192, 16384]
+TRAFFIC_DTYPES = [torch.bfloat16, torch.float32]
+#: Ideal traffic in elements of x per element: forward reads x and writes y; backward reads x
+#: and dy and writes dx.
+IDEAL_ELEMENTS = {"forward": 2, "backward": 3}
+
+
+class MemoryTraffic:
+    """Bytes that Triton's interpreter loads and stores, counting active (unmasked) lanes only:
+    ``read`` and ``written`` in total, and the distinct bytes of each (one bitmap of 1 MiB per
+    page of address space touched), and the kernel launches."""
+
+    PAGE_BITS = 20
+
+    def __init__(self) -> None:
+        self.read = self.written = self.launches = 0
+        self._touched = {"read": {}, "written": {}}
+
+    def add(self, kind: str, addresses: np.ndarray, mask: np.ndarray, element_size: int) -> None:
+        active = np.asarray(addresses, dtype=np.uint64)[np.broadcast_to(mask, np.shape(addresses))]
+        setattr(self, kind, getattr(self, kind) + active.size * element_size)
+        pages = active >> np.uint64(self.PAGE_BITS)
+        for page in np.unique(pages):
+            bitmap = self._touched[kind].setdefault(int(page), np.zeros(1 << self.PAGE_BITS, bool))
+            offsets = (active[pages == page] & np.uint64((1 << self.PAGE_BITS) - 1)).astype(np.int64)
+            for byte in range(element_size):  # elements are aligned: never across a page
+                bitmap[offsets + byte] = True
+
+    def distinct(self, kind: str) -> int:
+        return sum(int(bitmap.sum()) for bitmap in self._touched[kind].values())
+
+    @property
+    def total(self) -> int:
+        return self.read + self.written
+
+
+@contextlib.contextmanager
+def counted_traffic() -> Iterator[MemoryTraffic]:
+    """Counts every masked load and store (and launch) of Triton's interpreter while open, by
+    wrapping the interpreter's builder (its unmasked loads and stores call the masked ones)."""
+    from triton.runtime import interpreter
+
+    builder, executor = interpreter.InterpreterBuilder, interpreter.GridExecutor
+    load, store, launch = builder.create_masked_load, builder.create_masked_store, executor.__call__
+    traffic = MemoryTraffic()
+
+    def size(ptrs) -> int:
+        return max(1, ptrs.get_element_ty().primitive_bitwidth // 8)
+
+    def counting_load(self, ptrs, mask, other, *rest):
+        traffic.add("read", ptrs.data, mask.data, size(ptrs))
+        return load(self, ptrs, mask, other, *rest)
+
+    def counting_store(self, ptrs, value, mask, *rest):
+        traffic.add("written", ptrs.data, mask.data, size(ptrs))
+        return store(self, ptrs, value, mask, *rest)
+
+    def counting_launch(self, *args, **kwargs):
+        traffic.launches += 1
+        return launch(self, *args, **kwargs)
+
+    builder.create_masked_load, builder.create_masked_store = counting_load, counting_store
+    executor.__call__ = counting_launch
+    try:
+        yield traffic
+    finally:
+        builder.create_masked_load, builder.create_masked_store = load, store
+        executor.__call__ = launch
+
+
+def measure_traffic(
+    row_lengths: list[int] = TRAFFIC_ROW_LENGTHS,
+    dtypes: list[torch.dtype] = TRAFFIC_DTYPES,
+    rows: int = TRAFFIC_ROWS,
+) -> list[dict]:
+    """Bytes per element of x that lnorm.triton's kernels read and write, forward and backward,
+    LayerNorm (weight and bias) and RMSNorm (weight), against the ideal, in Triton's
+    interpreter (which must have been switched on before lnorm.triton was imported)."""
+    import lnorm.triton
+
+    if not lnorm.triton.INTERPRETED:
+        raise RuntimeError("--traffic counts in Triton's interpreter: set TRITON_INTERPRET=1 "
+                           "before lnorm.triton is imported")
+    results = []
+    for norm in ("layer_norm", "rms_norm"):
+        for dtype in dtypes:
+            for n in row_lengths:
+                generator = torch.Generator().manual_seed(n)
+                x = torch.randn(rows, n, generator=generator).to(dtype)
+                dy = torch.randn(rows, n, generator=generator).to(dtype)
+                params = [torch.rand(n, generator=generator).to(dtype)]
+                if norm == "layer_norm":
+                    params.append(torch.randn(n, generator=generator).to(dtype))
+                function = getattr(lnorm.triton, norm)
+                with counted_traffic() as forward:
+                    function(x, n, *params)
+                leaves = [t.clone().requires_grad_(True) for t in (x, *params)]
+                y = function(leaves[0], n, *leaves[1:])
+                with counted_traffic() as backward:
+                    torch.autograd.grad(y, leaves, dy)
+                for pass_name, traffic in (("forward", forward), ("backward", backward)):
+                    elements = rows * n
+                    ideal = IDEAL_ELEMENTS[pass_name] * x.element_size()
+                    distinct = traffic.distinct("read") + traffic.distinct("written")
+                    results.append(dict(
+                        norm=norm, pass_=pass_name, dtype=str(dtype).removeprefix("torch."),
+                        rows=rows, row_length=n, launches=traffic.launches,
+                        read_per_element=round(traffic.read / elements, 3),
+                        written_per_element=round(traffic.written / elements, 3),
+                        total_per_element=round(traffic.total / elements, 3),
+                        distinct_per_element=round(distinct / elements, 3),
+                        ideal_per_element=ideal,
+                        total_vs_ideal=round(traffic.total / elements / ideal, 3),
+                        distinct_vs_ideal=round(distinct / elements / ideal, 3),
+                    ))
+    return results
+
+
+def print_traffic_table(results: list[dict]) -> None:
+    print(f"{'norm':<11}{'pass':<10}{'dtype':<10}{'N':>7}{'launch':>7}{'read':>8}{'written':>8}"
+          f"{'total':>8}{'distinct':>9}{'ideal':>7}{'total/i':>8}{'dist/i':>8}")
+    for r in results:
+        print(f"{r['norm']:<11}{r['pass_']:<10}{r['dtype']:<10}{r['row_length']:>7}"
+              f"{r['launches']:>7}{r['read_per_element']:>8.2f}{r['written_per_element']:>8.2f}"
+              f"{r['total_per_element']:>8.2f}{r['distinct_per_element']:>9.2f}"
+              f"{r['ideal_per_element']:>7}{r['total_vs_ideal']:>8.2f}{r['distinct_vs_ideal']:>8.2f}")
+
+
 def print_gpu_table(results: list[dict]) -> None:
     print(
         f"{'implementation':<38}{'pass':<18}{'dtype':<10}{'N':>7}{'ms':>9}{'GB/s':>8}{'peak':>7}{'vs torch':>9}"
@@ -446,6 +579,12 @@ def main(argv: list[str] | None = None) -> None:
         "and DIR/ptx.csv, print registers, spills and access widths",
     )
     parser.add_argument(
+        "--traffic",
+        action="store_true",
+        help="no GPU needed: count the bytes each Triton kernel reads and writes, in Triton's "
+        "interpreter, per element of x, against the ideal (with --csv: write them there)",
+    )
+    parser.add_argument(
         "--peak-gbs",
         type=float,
         help="GPU: the memory bandwidth to compare with, if the device does not report it",
@@ -461,6 +600,14 @@ def main(argv: list[str] | None = None) -> None:
         write_csv(f"{args.ptx}/ptx.csv", rows)
         if args.csv:
             write_csv(args.csv, rows)
+        return
+
+    if args.traffic:
+        os.environ["TRITON_INTERPRET"] = "1"  # before lnorm.triton is imported
+        results = measure_traffic([768] if args.quick else TRAFFIC_ROW_LENGTHS)
+        print_traffic_table(results)
+        if args.csv:
+            write_csv(args.csv, results)
         return
 
     if args.device == "cuda":

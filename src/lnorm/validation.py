@@ -27,7 +27,9 @@ that dtype's machine epsilon (:func:`rms_norm_eps`); ``x_hat * weight`` is forme
 ``promote_types(compute dtype, weight dtype)`` (:func:`rms_norm_product_dtype`) and rounded
 once to the input's dtype. ``lnorm.triton.rms_norm`` computes in float32 or float64 as its
 input asks and has no float64 product for a float32 or 16-bit input: a float64 weight with
-such an input is a ``TypeError`` there (its docstring says so).
+such an input is a ``TypeError`` there (its docstring says so). Under CUDA autocast,
+``lnorm.triton`` casts its inputs as torch casts those of its own norm (``layer_norm`` to float32,
+so the result is float32 as torch's): no deviation there.
 """
 
 from __future__ import annotations

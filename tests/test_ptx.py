@@ -30,6 +30,9 @@ ROW_KERNELS = tuple(
 )
 
 
+#: Compiling every kernel for sm_90 takes about 20 s here; allow for a loaded machine.
+pytestmark = pytest.mark.timeout(900)
+
 def _without_interpreter() -> dict:
     return {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
 

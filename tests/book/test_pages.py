@@ -12,7 +12,8 @@ cut off: every request that leaves the machine is recorded and refused. Each pag
 - every internal link leading to a file that exists and to an anchor that the file has;
 - at a phone's width (390 px) nothing wider than the screen: code and tables scroll inside the page;
 - in the theme's dark mode, each figure on a light card (the stored PNGs are drawn on white);
-- at 1400 px, no displayed formula or table wider than the text column, no traceback, and every
+- at 1400 px, no displayed formula or table wider than the text column, no code box (folded or
+  not) that scrolls sideways, no traceback, and every
   folded check cell (tag hide-cell) closed, with a toggle that opens it;
 - on the intro's first screen (the top 1000 px at 1400 px wide), both fixes of the forum question.
 
@@ -169,7 +170,8 @@ DARK_FIGURES = """() => {
 }"""
 
 
-#: At 1400 px: displayed formulas and tables wider than the text column, tracebacks shown.
+#: At 1400 px: displayed formulas and tables wider than the text column, code boxes that scroll
+#: sideways, tracebacks shown.
 WIDE_CONTENT = r"""() => {
   const article = document.querySelector("article.bd-article") || document.body;
   const column = article.clientWidth;
@@ -183,6 +185,11 @@ WIDE_CONTENT = r"""() => {
     if (width > column + 1) {
       const what = el.tagName.toLowerCase() === "table" ? "table" : "formula";
       wide.push(`${what} ${Math.round(width)} px: ${el.textContent.trim().slice(0, 60)}`);
+    }
+  }
+  for (const pre of article.querySelectorAll("pre")) {  // code and outputs, folded ones included
+    if (pre.scrollWidth > pre.clientWidth + 1) {
+      wide.push(`code ${pre.scrollWidth} px in ${pre.clientWidth}: ${pre.textContent.trim().slice(0, 60)}`);
     }
   }
   const tracebacks = article.querySelectorAll(".output.traceback").length

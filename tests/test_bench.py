@@ -23,6 +23,7 @@ def test_cpu_benchmark_writes_its_csv(tmp_path, capsys) -> None:
     for dtype in ("float32", "float16", "bfloat16"):  # torch's kernel with and without affine
         assert ("torch.nn.functional", dtype, both, "allocated") in cases
         assert ("torch.nn.functional", dtype, "none", "allocated") in cases
+        assert ("torch native_layer_norm.out", dtype, both, "preallocated") in cases
     for dtype in ("float32", "float16"):  # NumPy has no bfloat16
         assert ("lnorm.numpy", dtype, both, "allocated") in cases
         assert ("lnorm.numpy", dtype, both, "preallocated") in cases
@@ -39,7 +40,14 @@ def test_cpu_benchmark_writes_its_csv(tmp_path, capsys) -> None:
     for r in rows:  # GB/s counts read x, write y and the write-allocate read of y
         size = 4 if r["dtype"] == "float32" else 2
         assert int(r["bytes_moved"]) == 3 * int(r["rows"]) * int(r["row_length"]) * size
-        assert r["repeats"] == "1"
+        assert r["repeats"] == "1" and r["threads"] == "1"
+        assert float(r["best_ms"]) <= float(r["median_ms"]) <= float(r["max_ms"])
+        assert float(r["cpu_best_ms"]) <= float(r["cpu_median_ms"]) <= float(r["cpu_max_ms"])
+        assert float(r["minor_faults_per_call"]) >= 0
+        # what the row says of the machine and of the code it timed
+        assert r["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+        assert r["numpy_cpu_dispatch"] == lnorm.bench.numpy_cpu_dispatch()
+        assert r["source_sha256"] == lnorm.bench.source_hash()
     baseline = [  # torch's kernel with weight and bias, one thread: what time_vs_torch divides by
         r
         for r in rows
@@ -57,7 +65,26 @@ def test_interleaved_times_calls_every_run_once_per_round() -> None:
         {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3
     )
     assert calls == ["a", "b"] * 4  # a warm-up round, then three timed rounds
-    assert all(0 <= t.best <= t.median and t.cpu_best >= 0 for t in times.values())
+    assert all(0 <= t.best <= t.median <= t.worst for t in times.values())
+    assert all(0 <= t.cpu_best <= t.cpu_median <= t.cpu_worst for t in times.values())
+    assert all(t.minor_faults >= 0 for t in times.values())
+
+
+def test_source_hash_and_dispatch_are_recorded_as_text() -> None:
+    digest = lnorm.bench.source_hash()
+    assert len(digest) == 12 and int(digest, 16) >= 0 and digest == lnorm.bench.source_hash()
+    assert lnorm.bench.source_hash(("numpy.py",)) != digest  # every timed file counts
+    dispatch = lnorm.bench.numpy_cpu_dispatch()
+    assert dispatch == "" or all(target.isupper() or "_" in target for target in dispatch.split())
+
+
+@pytest.mark.skipif(not hasattr(__import__("resource"), "RUSAGE_THREAD"), reason="Linux only")
+def test_first_touch_of_new_memory_counts_minor_faults() -> None:
+    import numpy as np
+
+    before = lnorm.bench.minor_faults()
+    fresh = np.ones(2**23)  # 64 MiB, mapped fresh and written: at least one page fault
+    assert lnorm.bench.minor_faults() > before and fresh[-1] == 1
 
 
 def test_the_uncorrected_variant_is_the_plain_two_pass() -> None:

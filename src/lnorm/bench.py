@@ -8,24 +8,31 @@
 
 On the CPU it times, on float32 rows of N(0, 1) of four shapes (128 MiB each) and
 the first shape's rows rounded to float16 and bfloat16: ``torch.nn.functional.layer_norm``
-with weight and bias (the baseline of ``time_vs_torch``) and without (torch's no-affine
-path is another loop), ``lnorm.numpy.layer_norm`` with weight and bias into a new array and
-into a preallocated one (``out=``), ``lnorm.torch.layer_norm``, lnorm.numpy without its
+with weight and bias (the baseline of ``time_vs_torch``) and without (without both,
+``LayerNormKernelImplInternal`` in aten/src/ATen/native/cpu/layer_norm_kernel.cpp takes a
+scalar loop instead of its vectorized ``vec::map3``), ``lnorm.numpy.layer_norm`` with weight and bias into a new array and
+into a preallocated one (``out=``), torch's kernel into a preallocated one too
+(``torch.ops.aten.native_layer_norm.out``), ``lnorm.torch.layer_norm``, lnorm.numpy without its
 correction pass, plain copies of x into a new and into a preallocated array (the least any
 LayerNorm costs, and what allocating and first touching the output costs), RMSNorm beside
 LayerNorm (``torch.nn.functional.rms_norm``, ``lnorm.torch.rms_norm``,
-``lnorm.numpy.rms_norm``, eps=None, no weight), and torch's kernel on every CPU. A child
+``lnorm.numpy.rms_norm``, eps=None, no weight). A child
 process times torch's kernel again with ``THP_MEM_ALLOC_ENABLE=1``, so that its output comes
-in 2 MiB pages as NumPy's does ("huge pages" rows). One-thread cases run with
+in 2 MiB pages as NumPy's does ("huge pages" rows). Every case runs on one thread, with
 ``torch.set_num_threads(1)`` (NumPy's operations are single-threaded anyway), pinned to one CPU
 (``--cpu``, default 0). The cases of one input are timed in interleaved rounds, after a
-warm-up round: ``best_ms`` is the best wall-clock time over ``--repeats`` rounds, ``cpu_best_ms``
-the best CPU time of the calling thread (on a shared machine, the time the thread itself ran).
+warm-up round: ``best_ms``, ``median_ms`` and ``max_ms`` are the wall-clock time's best, median
+and worst over ``--repeats`` rounds, ``cpu_best_ms``, ``cpu_median_ms`` and ``cpu_max_ms`` the
+same of the calling thread's CPU time (on a shared machine, the time the thread itself ran),
+``minor_faults_per_call`` the median of the thread's minor page faults in one call
+(``resource.getrusage``).
 ``gbytes_per_s`` counts three passes over x's bytes: read x, write y, and read y's lines before
 writing them (write-allocate). Peak memory is what ``tracemalloc`` sees allocated during one
 call (NumPy reports its allocations to tracemalloc; torch does not, so its memory is not
-measured here). Each row records the CPU, the libraries' versions, lnorm's git commit, the
-pinned CPU and the kernel's huge-page setting.
+measured here). Each row records the CPU, the kernel build torch selected
+(``torch.backends.cpu.get_cpu_capability()``) and the SIMD targets NumPy dispatches to, the
+libraries' versions, lnorm's git commit and a hash of the timed source files
+(:data:`TIMED_SOURCES`), the pinned CPU and the kernel's huge-page setting.
 
 On a GPU (``--device cuda``) it times, for N from 512 to 32768 in float16,
 bfloat16 and float32 and M = 256 MiB / (N x element size) rows (every case
@@ -54,6 +61,7 @@ import contextlib
 import csv
 import datetime
 import json
+import hashlib
 import os
 import platform
 import statistics
@@ -83,17 +91,33 @@ SIXTEEN_BIT_DTYPES = ["float16", "bfloat16"]
 #: Bytes a LayerNorm moves at the least, per element of x, in units of the element size:
 #: read x, write y, and read y's cache lines before writing them (write-allocate).
 PASSES_OVER_MEMORY = 3
+#: The files whose code a CPU row times (beside NumPy and torch): their hash is recorded.
+TIMED_SOURCES = ("numpy.py", "moments.py", "bench.py")
 
 
 @dataclass(frozen=True)
 class Timing:
-    """Seconds of one run over the timed rounds: wall clock (best and median), and the CPU time
-    of the calling thread (best), which leaves out the time the scheduler gave to other jobs on
-    a shared machine (page faults are the thread's: they count)."""
+    """Seconds of one run over the timed rounds: wall clock (best, median, worst), and the CPU
+    time of the calling thread (the same three), which leaves out the time the scheduler gave to
+    other jobs on a shared machine (page faults are the thread's: they count); and the median
+    number of minor page faults of one call (a page first touched: mapped and zeroed)."""
 
     best: float
     median: float
+    worst: float
     cpu_best: float
+    cpu_median: float
+    cpu_worst: float
+    minor_faults: float
+
+
+def minor_faults() -> int:
+    """Minor page faults of the calling thread so far (of the process where Linux's per-thread
+    count is not available)."""
+    import resource
+
+    who = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)
+    return resource.getrusage(who).ru_minflt
 
 
 def interleaved_times(
@@ -106,14 +130,22 @@ def interleaved_times(
         run()
     wall: dict[object, list[float]] = {key: [] for key in runs}
     cpu: dict[object, list[float]] = {key: [] for key in runs}
+    faults: dict[object, list[int]] = {key: [] for key in runs}
     for _ in range(repeats):
         for key, run in runs.items():
+            start_faults = minor_faults()
             start, start_cpu = time.perf_counter(), time.thread_time()
             run()
             cpu[key].append(time.thread_time() - start_cpu)
             wall[key].append(time.perf_counter() - start)
+            faults[key].append(minor_faults() - start_faults)
     return {
-        key: Timing(min(wall[key]), statistics.median(wall[key]), min(cpu[key])) for key in runs
+        key: Timing(
+            min(wall[key]), statistics.median(wall[key]), max(wall[key]),
+            min(cpu[key]), statistics.median(cpu[key]), max(cpu[key]),
+            statistics.median(faults[key]),
+        )
+        for key in runs
     }
 
 
@@ -168,6 +200,26 @@ def lnorm_commit() -> str:
     return f"{commit}+changes" if commit and changed else commit
 
 
+def source_hash(files: tuple[str, ...] = TIMED_SOURCES) -> str:
+    """The first 12 hex digits of the SHA-256 of the timed source files of lnorm, in order: a
+    record made by other code than the files here now has another hash."""
+    digest = hashlib.sha256()
+    for name in files:
+        digest.update((Path(__file__).parent / name).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def numpy_cpu_dispatch() -> str:
+    """The SIMD targets beyond its baseline that NumPy dispatches to on this CPU (space-separated,
+    e.g. 'X86_V3 X86_V4 AVX512_ICL'; NPY_DISABLE_CPU_FEATURES removes some), '' where unknown."""
+    try:
+        from numpy._core import _multiarray_umath as umath
+    except ImportError:  # NumPy 1
+        from numpy.core import _multiarray_umath as umath
+    features = getattr(umath, "__cpu_features__", {})
+    return " ".join(t for t in getattr(umath, "__cpu_dispatch__", []) if features.get(t))
+
+
 def standardize_block_without_correction(source, eps, out, squares, statistics) -> None:
     """:func:`lnorm.numpy.standardize_block` without the correction (the second mean and its
     subtraction): the plain two-pass, to time what the extra pass costs in the same loop."""
@@ -212,22 +264,6 @@ def pinned(cpus: set[int] | None) -> Iterator[None]:
         os.sched_setaffinity(0, before)
 
 
-def torch_threads(
-    threads: int, run: Callable[[], object], cpus: set[int] | None = None
-) -> Callable[[], object]:
-    """``run`` with torch using ``threads`` threads on ``cpus`` (one thread again afterwards)."""
-
-    def threaded():
-        torch.set_num_threads(threads)
-        try:
-            with pinned(cpus):
-                return run()
-        finally:
-            torch.set_num_threads(1)
-
-    return threaded
-
-
 @dataclass(frozen=True)
 class CpuCase:
     """One timed call: what it is (implementation, its threads), and how it treats the
@@ -241,20 +277,26 @@ class CpuCase:
     run: Callable[[], object]
 
 
-def cpu_cases(x: torch.Tensor, threads: int, all_cpus: set[int] | None) -> list[CpuCase]:
-    """The calls timed on one input: torch's kernel with and without weight and bias, the two
-    lnorm backends with them, lnorm.numpy also into a preallocated output and without its
-    correction pass, plain copies (the least a LayerNorm costs), RMSNorm beside LayerNorm, and
-    torch's kernel on every core. 16-bit inputs: the LayerNorms only."""
+def cpu_cases(x: torch.Tensor) -> list[CpuCase]:
+    """The calls timed on one input, all on one thread: torch's kernel with and without weight
+    and bias, and into a preallocated output, the two lnorm backends with them, lnorm.numpy also
+    into a preallocated output and without its correction pass, plain copies (the least a
+    LayerNorm costs), RMSNorm beside LayerNorm. 16-bit inputs: the LayerNorms only."""
     n = x.shape[-1]
     generator = torch.Generator().manual_seed(1)
     weight = torch.rand(n, generator=generator).to(x.dtype)
     bias = torch.randn(n, generator=generator).to(x.dtype)
     both = "weight, bias"
+    # torch's kernel writing y (and the per-row mean and 1/std it returns) into existing tensors
+    y_torch, row_mean, row_rstd = torch.empty_like(x), x.new_empty(x.shape[0], 1), x.new_empty(
+        x.shape[0], 1)
+    into = dict(out0=y_torch, out1=row_mean, out2=row_rstd)
     cases = [
         CpuCase("torch.nn.functional", 1, both, "allocated",
                 lambda: F.layer_norm(x, (n,), weight, bias)),
         CpuCase("torch.nn.functional", 1, "none", "allocated", lambda: F.layer_norm(x, (n,))),
+        CpuCase("torch native_layer_norm.out", 1, both, "preallocated",
+                lambda: torch.ops.aten.native_layer_norm.out(x, [n], weight, bias, 1e-5, **into)),
     ]
     if x.dtype == torch.bfloat16:  # no NumPy dtype for it
         return cases
@@ -293,11 +335,6 @@ def cpu_cases(x: torch.Tensor, threads: int, all_cpus: set[int] | None) -> list[
         CpuCase("lnorm.numpy.rms_norm", 1, "none", "allocated",
                 lambda: lnorm.numpy.rms_norm(x_np, n)),
     ]
-    if threads > 1:
-        cases.append(
-            CpuCase("torch.nn.functional", threads, both, "allocated", torch_threads(
-                threads, lambda: F.layer_norm(x, (n,), weight, bias), all_cpus))
-        )
     return cases
 
 
@@ -323,28 +360,29 @@ def measure(
 ) -> list[dict]:
     """One row per case and input (see :func:`cpu_cases`), timed by :func:`interleaved_times`.
 
-    One-thread cases run with ``torch.set_num_threads(1)``, pinned to CPU ``cpu`` (None: not
-    pinned); the threaded case uses every CPU this process may run on. ``gbytes_per_s`` counts
+    Every case runs with ``torch.set_num_threads(1)``, pinned to CPU ``cpu`` (None: not
+    pinned). ``gbytes_per_s`` counts
     :data:`PASSES_OVER_MEMORY` passes over x's bytes (read x, write y, write-allocate).
-    ``only_torch`` keeps torch's LayerNorm kernel alone (the huge-page child process)."""
+    ``only_torch`` keeps torch's F.layer_norm alone (the huge-page child process)."""
     torch.set_num_threads(1)
-    all_cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    threads = len(all_cpus) if all_cpus else (os.cpu_count() or 1)
-    one_cpu = None if cpu is None or all_cpus is None else {cpu}
+    one_cpu = None if cpu is None or not hasattr(os, "sched_setaffinity") else {cpu}
     common = dict(
         cpu=cpu_name(),
+        torch_cpu_capability=torch.backends.cpu.get_cpu_capability(),
+        numpy_cpu_dispatch=numpy_cpu_dispatch(),
         pinned_cpu="" if one_cpu is None else cpu,
         huge_pages=huge_pages_setting(),
         torch_huge_pages=os.environ.get("THP_MEM_ALLOC_ENABLE", "0"),
         numpy=np.__version__,
         torch=torch.__version__,
         lnorm_commit=lnorm_commit(),
+        source_sha256=source_hash(),
         date=datetime.date.today().isoformat(),
     )
     rows = []
     for dtype, x in cpu_inputs(shapes, sixteen_bit):
         m, n = x.shape
-        cases = cpu_cases(x, threads, all_cpus)
+        cases = cpu_cases(x)
         if only_torch:
             cases = [c for c in cases if c.implementation == "torch.nn.functional"]
         with pinned(one_cpu):
@@ -368,12 +406,13 @@ def measure(
                     repeats=repeats,
                     best_ms=round(timing.best * 1e3, 2),
                     median_ms=round(timing.median * 1e3, 2),
+                    max_ms=round(timing.worst * 1e3, 2),
                     time_vs_torch=round(timing.best / baseline.best, 3),
-                    # one thread: its CPU time; the threaded case: wall clock only
-                    cpu_best_ms=round(timing.cpu_best * 1e3, 2) if case.threads == 1 else "",
-                    cpu_time_vs_torch=(
-                        round(timing.cpu_best / baseline.cpu_best, 3) if case.threads == 1 else ""
-                    ),
+                    cpu_best_ms=round(timing.cpu_best * 1e3, 2),
+                    cpu_median_ms=round(timing.cpu_median * 1e3, 2),
+                    cpu_max_ms=round(timing.cpu_worst * 1e3, 2),
+                    cpu_time_vs_torch=round(timing.cpu_best / baseline.cpu_best, 3),
+                    minor_faults_per_call=timing.minor_faults,
                     peak_memory_vs_output=memory,
                     bytes_moved=moved,
                     gbytes_per_s=round(moved / timing.best / 1e9, 2),
@@ -424,8 +463,7 @@ def merged_with_huge_pages(rows: list[dict], huge: list[dict]) -> list[dict]:
                 if key(extra) == key(row):
                     wall, cpu = baseline[key(row)]
                     extra["time_vs_torch"] = round(extra["best_ms"] / wall, 3)
-                    if extra["threads"] == 1:
-                        extra["cpu_time_vs_torch"] = round(extra["cpu_best_ms"] / cpu, 3)
+                    extra["cpu_time_vs_torch"] = round(extra["cpu_best_ms"] / cpu, 3)
                     merged.append(extra)
     return merged
 
@@ -486,10 +524,13 @@ def measure_blocks(
                 best_ms=round(timing.best * 1e3, 2),
                 median_ms=round(timing.median * 1e3, 2),
                 cpu_best_ms=round(timing.cpu_best * 1e3, 2),
+                cpu_median_ms=round(timing.cpu_median * 1e3, 2),
+                cpu_max_ms=round(timing.cpu_worst * 1e3, 2),
                 **{f"{key}_bytes": size for key, size in caches.items()},
                 cpu=cpu_name(),
                 numpy=np.__version__,
                 lnorm_commit=lnorm_commit(),
+                source_sha256=source_hash(),
                 date=datetime.date.today().isoformat(),
             )
         )

@@ -130,7 +130,8 @@ def test_gpu_benchmark_code_runs_on_the_interpreter(tmp_path) -> None:
         ("lnorm.triton.rms_norm", "rms_norm"),
     }
     for r in results:  # each norm against torch's kernel for it, and against F.layer_norm
-        assert r["speedup_vs_torch"] > 0 and r["speedup_vs_torch_layer_norm"] > 0
+        # (the interpreter can be 1000 times slower than torch: a speedup may round to 0.0)
+        assert r["speedup_vs_torch"] >= 0 and r["speedup_vs_torch_layer_norm"] >= 0
         if r["implementation"].startswith("torch.nn.functional"):
             assert r["speedup_vs_torch"] == 1.0
     assert all(

@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 
 from lnorm.diagnose.kinds import NORM_NAMES, ROUNDING_ORDER_KINDS, kind_info
 
+#: The report's line width: it fits a terminal and the book's code boxes (84 characters).
+WIDTH = 84
+
 
 @dataclass(frozen=True)
 class Finding:
@@ -138,11 +141,11 @@ class Report:
             rest = "(a unit is the 16-bit eps x max|y|)."
         else:
             first, rest = f"{count} finding{plural}: not {norm} yet.", ""
-        # One line where it fits in 88 columns; else as much as fits, the rest on the next line.
+        # One line where it fits in WIDTH columns; else as much as fits, the rest on the next line.
         joined = f"{head} {first} {rest}".rstrip()
-        if len(joined) <= 88:
+        if len(joined) <= WIDTH:
             return joined
-        if len(f"{head} {first}") <= 88:
+        if len(f"{head} {first}") <= WIDTH:
             return f"{head} {first}" + (f"\n  {rest}" if rest else "")
         return f"{head}\n  {first}" + (f"\n  {rest}" if rest else "")
 
@@ -182,9 +185,9 @@ class Report:
 
 
 def _wrap(text: str, indent: str) -> str:
-    """``text`` wrapped to 88 columns, its first line indented by ``indent``, the rest by 4 more."""
+    """``text`` wrapped to WIDTH columns, its first line indented by ``indent``, the rest by 4 more."""
     return textwrap.fill(
-        text, 88, initial_indent=indent, subsequent_indent=indent + "    ", break_on_hyphens=False
+        text, WIDTH, initial_indent=indent, subsequent_indent=indent + "    ", break_on_hyphens=False
     )
 
 

@@ -70,8 +70,9 @@ def detect_wrong_gradient(ctx: Context) -> Finding | None:
     condition (kappa < 5 here) in dx, and by at most (M + N) u in the column sums, below
     2.5e-4 for the 4097-element rows summed in order. Each mistake it names (the mean or
     rstd detached, x in place of x_hat in dweight) moves a gradient by about 1/sqrt(N) of
-    its scale or more: 1.6e-2 at N = 4097. Stands down while the forward has a mistake (but ``wrong_axis`` on a two-axis
-    normalized_shape, or ``low_precision_accumulation``).
+    its scale or more: 1.6e-2 at N = 4097. Stands down while the forward has a mistake,
+    but for ``low_precision_accumulation`` and a ``wrong_axis`` of the two-axis
+    normalized_shape only (``BACKWARD_INDEPENDENT_KINDS``).
     """
     grad_calls = [c for name, c in ctx.calls.items() if name.startswith("grad")]
     if not grad_calls:

@@ -185,10 +185,10 @@ class Report:
 
 
 def _wrap(text: str, indent: str) -> str:
-    """``text`` wrapped to WIDTH columns, its first line indented by ``indent``, the rest by 4 more."""
-    return textwrap.fill(
-        text, WIDTH, initial_indent=indent, subsequent_indent=indent + "    ", break_on_hyphens=False
-    )
+    """``text`` wrapped to WIDTH columns, its first line indented by ``indent``, the rest by 4
+    more."""
+    return textwrap.fill(text, WIDTH, initial_indent=indent, subsequent_indent=indent + "    ",
+                         break_on_hyphens=False)
 
 
 def _fmt(value: object) -> str:

@@ -59,7 +59,7 @@ def layer_norm_backward_rows(
 def rms_norm_backward_rows(
     dy: Array, x_hat: Array, rstd: Array, weight: Array | None
 ) -> tuple[Array, Array]:
-    """``(dx, dweight)`` of RMSNorm for rows of shape (M, N), with ``rstd`` of shape (M, 1).
+    """``(dx, dweight)`` of RMSNorm: x has shape (M, N), ``rstd`` shape (M, 1).
 
     The forward pass is ``x_hat = x * rstd``, ``rstd = 1 / sqrt(mean(x²) + eps)``,
     ``y = x_hat * weight``. Since ``d rstd / d x_j = -rstd³ x_j / N``, with

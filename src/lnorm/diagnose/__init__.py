@@ -4,10 +4,12 @@
     report = lnorm.diagnose.check(fn, "numpy") # the same on NumPy arrays
     report = lnorm.diagnose.check(module)      # an nn.Module (normalized_shape, weight, bias, eps)
     report = lnorm.diagnose.check(fn, norm="rms")  # fn(x, normalized_shape, weight, eps=None)
-    report.ok, report.kinds, report.findings, report.tolerance, report.measurements
+    report.ok, report.kinds, report.findings, report.notes, report.measurements
+    report.tolerances   # {dtype: (rtol, atol)} for each dtype probed; report.tolerance: float32's
     print(report)
 
-or ``python -m lnorm.diagnose path/to/file.py:function [--numpy] [--rms]``.
+or ``python -m lnorm.diagnose path/to/file.py:name [--numpy] [--rms [--cast llama]]``, where
+``name`` is a function or an ``nn.Module`` instance (not a class, nor a function that builds one).
 
 The checker calls ``fn`` on seeded inputs of its own (the *probes* below), each
 built to expose one mistake, and judges every output against
@@ -34,7 +36,9 @@ calls, the denominator fit, now ``d = sum(x*x) / sum(x*y)`` on the values
 themselves, the report) and a list of detectors of its own,
 :data:`RMS_NORM_DETECTORS`: the LayerNorm kinds that apply (same names where the
 meaning is the same, explained in RMSNorm's words by :data:`RMS_KINDS`), and
-``eps_default_mismatch``, ``cast_order`` and ``centres_rows``.
+``eps_default_mismatch`` and ``centres_rows``; ``cast_order`` is a note (an order of
+roundings, not a mistake), in ``report.notes`` and ``report.note_findings``, never in
+``report.kinds``.
 
 The package, in the order a check runs:
 

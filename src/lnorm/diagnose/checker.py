@@ -10,7 +10,7 @@ import torch
 
 from lnorm.diagnose import detectors_layer as layer
 from lnorm.diagnose import detectors_rms as rms
-from lnorm.diagnose.backward import detect_wrong_gradient
+from lnorm.diagnose.backward import HALF_ONLY_KINDS, detect_wrong_gradient
 from lnorm.diagnose.detectors_common import (
     detect_dtype_changed,
     detect_eps_mismatch,
@@ -21,12 +21,12 @@ from lnorm.diagnose.detectors_common import (
     detect_wrong_output,
 )
 from lnorm.diagnose.detectors_scope import detect_channels_first, detect_wrong_long_rows
-from lnorm.diagnose.kinds import ROUNDING_ORDER_KINDS
+from lnorm.diagnose.kinds import NORM_NAMES, ROUNDING_ORDER_KINDS
 from lnorm.diagnose.measure import Context
 from lnorm.diagnose.probes import layer_norm_probes, rms_norm_probes
 from lnorm.diagnose.report import Finding, Report
 from lnorm.diagnose.subject import Subject
-from lnorm.diagnose.tolerance import rms_tolerance, tolerance
+from lnorm.diagnose.tolerance import TOLERANCE_MAX_OUTPUT, rms_tolerance, tolerance
 
 Detector = Callable[[Context], Finding | None]
 
@@ -125,6 +125,7 @@ def check(
         subject.name = name
     probes = _PROBES[norm](subject, half, seed)
     calls = {name: subject.call(probe) for name, probe in probes.items()}
+    _refuse_signature_mismatch(subject, calls.values(), norm)
     ctx = Context(
         subject,
         {k: c for k, c in calls.items() if not c.probe.side},
@@ -136,18 +137,52 @@ def check(
             ctx.findings.append(dataclasses.replace(finding, norm=norm))
         if ctx.layout_wrong:  # the other probes are another layout for this module
             break
-    findings = tuple(ctx.findings)
-    notes = tuple(dict.fromkeys(subject.notes + [_scope(ctx)]))
-    if any(finding.kind not in ROUNDING_ORDER_KINDS for finding in findings):
-        return Report(subject.name, framework, findings, None, None, ctx.measurements, norm,
-                      notes=notes)
+    mistakes = tuple(f for f in ctx.findings if f.kind not in ROUNDING_ORDER_KINDS)
+    note_findings = tuple(f for f in ctx.findings if f.kind in ROUNDING_ORDER_KINDS)
+    order_notes = [f"{f.kind}: {f.message}" for f in note_findings]
+    notes = tuple(dict.fromkeys(order_notes + subject.notes + [_scope(ctx)]))
+    half_only = frozenset(k for k in HALF_ONLY_KINDS if ctx.found(k))
+    if any(finding.kind not in half_only for finding in mistakes):
+        return Report(subject.name, framework, mistakes, None, None, ctx.measurements, norm,
+                      notes=notes, half_only=half_only, note_findings=note_findings)
     rtol_atol, reason = _TOLERANCES[norm](ctx)
-    if findings:
-        reason += "; its 16-bit outputs differ from torch's by one 16-bit ulp (the cast order)"
+    tolerances = {"float32": rtol_atol}
+    if not mistakes:  # 16-bit outputs: one more ulp of their own, eps_16 * max|y|
+        for dtype in _probed_half_dtypes(ctx):
+            atol_16 = rtol_atol[1] + float(torch.finfo(getattr(torch, dtype)).eps) * (
+                TOLERANCE_MAX_OUTPUT)
+            tolerances[dtype] = (rtol_atol[0], float(f"{atol_16:.2g}"))
+        if len(tolerances) > 1:
+            reason += (f"; a 16-bit output may differ from torch's by one ulp more, its eps x "
+                       f"max|y| (|y| <= {TOLERANCE_MAX_OUTPUT:g}), as chapter 3 counts it")
+    if order_notes:
+        reason += "; its 16-bit outputs differ from the named cast order's by one 16-bit ulp"
     return Report(
-        subject.name, framework, findings, rtol_atol, reason, ctx.measurements, norm,
-        ctx.envelope_ratio, notes,
+        subject.name, framework, mistakes, rtol_atol, reason, ctx.measurements, norm,
+        ctx.envelope_ratio, notes, tolerances, half_only, note_findings,
     )
+
+
+def _probed_half_dtypes(ctx: Context) -> list[str]:
+    """The 16-bit dtypes some probe ran in, float16 first."""
+    return sorted({c.probe.dtype for c in ctx.calls.values()} & {"float16", "bfloat16"},
+                  reverse=False)
+
+
+def _refuse_signature_mismatch(subject: Subject, calls, norm: str) -> None:
+    """TypeError when every call raised a TypeError about its arguments: ``fn`` does not take
+    the arguments of ``F.layer_norm`` (a factory function named instead of its product?)."""
+    calls = list(calls)
+    raised = [c.error for c in calls if c.error]
+    if not raised or any(c.output is not None for c in calls):
+        return
+    if all(e.startswith("TypeError") and "argument" in e for e in raised):
+        signature = ("F.rms_norm's (x, normalized_shape, weight=None, eps=None)" if norm == "rms"
+                     else "F.layer_norm's (x, normalized_shape, weight=None, bias=None, eps=1e-5)")
+        raise TypeError(
+            f"{subject.name} cannot be called as a {NORM_NAMES[norm]} ({raised[0]}): pass an "
+            f"nn.Module instance, or a function with {signature} signature"
+        )
 
 
 def _scope(ctx: Context) -> str:

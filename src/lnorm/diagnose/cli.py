@@ -46,6 +46,12 @@ def load(target: str) -> Callable:
     return found
 
 
+def _short_name(target: str) -> str:
+    """``file.py:name`` of ``path/to/file.py:name``: the report's header stays on one line."""
+    path, _, attribute = target.rpartition(":")
+    return f"{Path(path).name}:{attribute}"
+
+
 def _shape(text: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(d) for d in text.replace("x", ",").split(",") if d.strip())
@@ -88,8 +94,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--eps", type=_eps, default=argparse.SUPPRESS,
                    help="the eps to judge against (a module's default: its eps attribute)")
     p.add_argument("--device", default="cpu", help="run the calls on this torch device")
-    p.add_argument("--cast", choices=sorted(CAST_ORDERS), default="torch",
-                   help="RMSNorm: the order the model rounds 16-bit outputs in")
+    p.add_argument("--cast", choices=sorted(CAST_ORDERS), default=None,
+                   help="with --rms: the order the model rounds 16-bit outputs in (default torch)")
     p.add_argument("--verbose", action="store_true",
                    help="print the evidence, the tolerance's derivation and the measurements")
     return p
@@ -100,6 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     after one line on stderr, for a usage error."""
     try:
         args = parser().parse_args(argv)
+        if args.cast is not None and not args.rms:
+            raise UsageError("--cast names an RMSNorm's cast order: use it with --rms")
         try:
             fn = load(args.target)
         except (ValueError, OSError, SyntaxError, ImportError) as error:
@@ -113,8 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 normalized_shape=args.normalized_shape,
                 eps=getattr(args, "eps", "unset"),
                 device=args.device,
-                cast=args.cast,
-                name=args.target,
+                cast=args.cast or "torch",
+                name=_short_name(args.target),
             )
         except (ValueError, TypeError, NotImplementedError, RuntimeError) as error:
             raise UsageError(str(error).splitlines()[0] if str(error) else repr(error)) from None

@@ -89,6 +89,7 @@ def _wrong_axis_finding(
     if not wrong:
         return None
     ctx.rows_unreliable = "rows_axes" in wrong
+    ctx.only_two_axes_wrong = set(wrong) == {"two_axes"}
     x_shape, shape, trailing, what = next(iter(wrong.values()))
     norm = ctx.subject.norm
     return Finding(

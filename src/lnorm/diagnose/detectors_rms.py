@@ -354,8 +354,8 @@ CAST_ORDER_FRACTION = 0.10
 CAST_FIRST_MATCH = 0.02
 #: The orders of roundings, in words.
 ORDER_WORDS = {
-    "multiply": "torch's order (multiply in float32, round once)",
-    "cast": "the cast-first order of LLaMA, Mistral and T5 (round x_hat to 16 bits, multiply)",
+    "multiply": "multiplies x_hat by the weight in float32 and rounds once (as torch does)",
+    "cast": "rounds x_hat to 16 bits, then multiplies by the weight (as LLaMA, Mistral and T5 do)",
 }
 
 
@@ -412,6 +412,8 @@ def detect_cast_order(ctx: Context) -> Finding | None:
         f"fraction of 16-bit outputs differing from the order of cast={ctx.subject.cast!r}",
         largest,
         CAST_ORDER_FRACTION,
+        True,
+        True,
     )
     if not seen:
         return None
@@ -421,11 +423,11 @@ def detect_cast_order(ctx: Context) -> Finding | None:
     suggestion = "cast='llama'" if other == "cast" else "cast='torch'"
     return Finding(
         "cast_order",
-        f"with {dtype} input and weight it rounds in {ORDER_WORDS[other]}, not in "
-        f"{ORDER_WORDS[expected]} as cast={ctx.subject.cast!r} says: "
+        f"with {dtype} input and weight it {ORDER_WORDS[other]}; cast={ctx.subject.cast!r} "
+        f"names the order that {ORDER_WORDS[expected]}. "
         f"{v['outputs differing from multiply-first']:.0%} of its outputs differ from "
         f"multiply-first, {v['outputs differing from cast-first']:.1%} from cast-first, by up to "
-        f"{_ulps(v['largest ulps'])}. If your model rounds so, pass {suggestion}",
+        f"{_ulps(v['largest ulps'])}: not a mistake. If your model rounds so, pass {suggestion}",
         {"by dtype": seen},
         "rms",
     )

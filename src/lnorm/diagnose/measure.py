@@ -90,6 +90,9 @@ class Context:
     #: detect_does_not_centre when rows are not centred: the row detectors' measurements would
     #: then be meaningless, and they stand down.
     rows_unreliable: bool = False
+    #: Set by detect_wrong_axis when only the two-axis normalized_shape is normalized wrongly:
+    #: the last-axis rows (and the backward's probes) are still right.
+    only_two_axes_wrong: bool = False
     #: Set by detect_channels_first: every other detector stands down (see checker.check).
     layout_wrong: bool = False
     #: What the function divides by, per eps, as measured (see Denominator).

@@ -96,7 +96,7 @@ def layer_norm_probes(subject: Subject, half: bool, seed: int = 0) -> dict[str, 
 
     add("rows_axes", _axis_test_input(rng, (12,), rows))
     add("batch_axes", _axis_test_input(rng, (3, 5), rows))
-    if not subject.is_module:  # a normalized_shape of two dimensions
+    if not subject.is_module and subject.probe_two_axes:  # a normalized_shape of two dims
         add("two_axes", _axis_test_input(rng, (3,), (5, 16)), normalized_shape=(5, 16))
 
     # Constant rows whose sums and sums of squares are exact in float32 (any algorithm gets
@@ -197,7 +197,7 @@ def rms_norm_probes(subject: Subject, half: bool, seed: int = 0) -> dict[str, Pr
 
     add("rows_axes", _rms_axis_test_input(rng, (12,), rows))
     add("batch_axes", _rms_axis_test_input(rng, (3, 5), rows))
-    if not subject.is_module:  # a normalized_shape of two dimensions
+    if not subject.is_module and subject.probe_two_axes:  # a normalized_shape of two dims
         add("two_axes", _rms_axis_test_input(rng, (3,), (5, 16)), normalized_shape=(5, 16))
 
     # Two rows of zeros (mean square exactly 0 by any algorithm) and two ordinary rows.

@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 
 from lnorm.diagnose.kinds import NORM_NAMES, ROUNDING_ORDER_KINDS, kind_info
 
+#: The report's line width: it fits a terminal and the book's code boxes (84 characters).
+WIDTH = 84
+
 
 @dataclass(frozen=True)
 class Finding:
@@ -53,6 +56,8 @@ class Measurement:
     threshold: float
     #: True: a finding when value > threshold; False: a finding when value <= threshold.
     flags_above: bool = True
+    #: True for a note's measurement (an order of roundings): above its threshold it is noted.
+    is_note: bool = False
 
     @property
     def flagged(self) -> bool:
@@ -60,7 +65,8 @@ class Measurement:
 
     def __str__(self) -> str:
         rule = ">" if self.flags_above else "<="
-        return f"{self.quantity}: {self.value:.3g} (a finding when {rule} {self.threshold:g})"
+        what = "noted" if self.is_note else "a finding"
+        return f"{self.quantity}: {self.value:.3g} ({what} when {rule} {self.threshold:g})"
 
 
 @dataclass(frozen=True)
@@ -86,50 +92,73 @@ class Report:
     #: the class's envelope as it is; above 1, the envelope is scaled up by a power of 2.
     envelope_ratio: float | None = None
 
-    #: What the checker assumed, and what it checked or could not check, one line each.
+    #: What the checker assumed, what it checked or could not check, and the orders of
+    #: roundings it saw (``cast_order``: not a mistake), one line each.
     notes: tuple[str, ...] = ()
+    #: ``{dtype: (rtol, atol)}`` for each dtype the implementation was probed in: float32's is
+    #: :attr:`tolerance`; a 16-bit output may differ from torch's by one more ulp of its own,
+    #: ``atol_16 = atol_32 + eps_16 * max|y|`` (chapter 3's rule for 16-bit outputs).
+    tolerances: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: The kinds of the findings seen only in 16-bit probes (the float32 path is right).
+    half_only: frozenset[str] = frozenset()
+    #: The orders of roundings seen (``cast_order``) with their evidence: not mistakes; their
+    #: messages are among :attr:`notes`.
+    note_findings: tuple[Finding, ...] = ()
 
     @property
     def ok(self) -> bool:
-        """True when nothing was found but notes on an order of roundings (``cast_order``)."""
-        return all(finding.is_note for finding in self.findings)
+        """True when nothing was found (notes on an order of roundings are not findings)."""
+        return not self.findings
 
     @property
     def kinds(self) -> list[str]:
-        """The kinds found, in the order the detectors run (notes included)."""
+        """The kinds found, in the order the detectors run (notes are in :attr:`notes`)."""
         return [finding.kind for finding in self.findings]
 
-    def tolerance_code(self) -> str | None:
-        """The tolerance as a line of code to paste, or None."""
-        if self.tolerance is None:
+    def tolerance_code(self, dtype: str = "float32") -> str | None:
+        """The tolerance for outputs of ``dtype`` as a line of code to paste, or None."""
+        rtol_atol = self.tolerances.get(dtype, self.tolerance if dtype == "float32" else None)
+        if rtol_atol is None:
             return None
-        rtol, atol = self.tolerance
+        rtol, atol = rtol_atol
         return f"torch.testing.assert_close(mine, ref, rtol={rtol:g}, atol={atol:.2g})"
+
+    def tolerance_lines(self) -> list[str]:
+        """One line per probed dtype: ``tolerance (float32): torch.testing...``."""
+        dtypes = list(self.tolerances) or (["float32"] if self.tolerance is not None else [])
+        return [f"tolerance ({dtype}): {self.tolerance_code(dtype)}" for dtype in dtypes]
 
     def verdict(self) -> str:
         """One line: the name, and whether it behaves as the norm."""
         head = f"{self.name} ({self.framework}):"
-        mistakes = [f for f in self.findings if not f.is_note]
-        if not mistakes:
-            verdict = f"no findings: on every probe it behaves as {NORM_NAMES[self.norm]}."
+        norm = NORM_NAMES[self.norm]
+        count = len(self.findings)
+        plural = "s" if count > 1 else ""
+        if not count:
+            first, rest = "no findings:", f"on every probe it behaves as {norm}."
+        elif set(self.kinds) <= self.half_only:
+            first = f"correct in float32; in float16/bfloat16: {count} finding{plural}"
+            rest = "(a unit is the 16-bit eps x max|y|)."
         else:
-            count = len(mistakes)
-            verdict = f"{count} finding{'s' if count > 1 else ''}: not {NORM_NAMES[self.norm]} yet."
-        # One line where it fits in 88 columns; else the verdict, whole, on a line of its own.
-        joined = f"{head} {verdict}"
-        return joined if len(joined) <= 88 else f"{head}\n  {verdict}"
+            first, rest = f"{count} finding{plural}: not {norm} yet.", ""
+        # One line where it fits in WIDTH columns; else as much as fits, the rest on the next line.
+        joined = f"{head} {first} {rest}".rstrip()
+        if len(joined) <= WIDTH:
+            return joined
+        if len(f"{head} {first}") <= WIDTH:
+            return f"{head} {first}" + (f"\n  {rest}" if rest else "")
+        return f"{head}\n  {first}" + (f"\n  {rest}" if rest else "")
 
     def __str__(self) -> str:
         """The report to read in five seconds: the verdict, one line per finding and note, and
-        the tolerance as a line of code; :meth:`details` has the evidence and the derivations."""
+        the tolerance per dtype as a line of code; :meth:`details` has the evidence and the
+        derivations."""
         lines = [self.verdict()]
         lines += [finding.line() for finding in self.findings]
         lines += [_wrap(f"note: {note}", "  ") for note in self.notes]
-        code = self.tolerance_code()
-        lines.append(
-            f"tolerance: {code}" if code else
+        lines += self.tolerance_lines() or [
             "tolerance: none until the findings are fixed (they are not rounding error)"
-        )
+        ]
         lines.append("details: report.details() (python -m lnorm.diagnose ... --verbose)")
         return "\n".join(lines)
 
@@ -139,9 +168,15 @@ class Report:
         lines = [self.verdict()]
         lines += [str(finding) for finding in self.findings]
         lines += [_wrap(f"note: {note}", "") for note in self.notes]
-        code = self.tolerance_code()
-        if code:
-            lines.append(_wrap(f"tolerance: {code}, because {self.tolerance_reason}.", ""))
+        lines += [
+            _wrap(f"evidence of the note {f.kind}: " + "; ".join(
+                f"{k} = {_fmt(v)}" for k, v in f.evidence.items()), "")
+            for f in self.note_findings
+        ]
+        tolerance_lines = self.tolerance_lines()
+        if tolerance_lines:
+            lines += tolerance_lines
+            lines.append(_wrap(f"because {self.tolerance_reason}.", "  "))
         else:
             lines.append("tolerance: none until the findings are fixed")
         lines.append("measurements (each detector's deciding quantity):")
@@ -150,10 +185,10 @@ class Report:
 
 
 def _wrap(text: str, indent: str) -> str:
-    """``text`` wrapped to 88 columns, its first line indented by ``indent``, the rest by 4 more."""
-    return textwrap.fill(
-        text, 88, initial_indent=indent, subsequent_indent=indent + "    ", break_on_hyphens=False
-    )
+    """``text`` wrapped to WIDTH columns, its first line indented by ``indent``, the rest by 4
+    more."""
+    return textwrap.fill(text, WIDTH, initial_indent=indent, subsequent_indent=indent + "    ",
+                         break_on_hyphens=False)
 
 
 def _fmt(value: object) -> str:

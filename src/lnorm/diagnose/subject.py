@@ -153,6 +153,9 @@ class Subject:
                 self.row_shape = (normalized_shape,)
             else:
                 self.row_shape = tuple(int(d) for d in normalized_shape)
+            #: Whether to probe a normalized_shape of two dimensions too: not when the user
+            #: named a one-dimensional one (a last-dim-only function is then what is asked for).
+            self.probe_two_axes = normalized_shape is None or len(self.row_shape) > 1
             self.has_weight, self.has_bias = True, norm == "layer"
             #: The eps values probed: a function must use the one it is given. The first is the
             #: eps of every other probe; RMSNorm's None (torch's default) is probed on its own.

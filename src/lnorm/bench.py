@@ -327,7 +327,9 @@ def cpu_cases(x: torch.Tensor) -> list[CpuCase]:
                 lambda: uncorrected_numpy(x_np, n, weight_np, bias_np)),
         CpuCase("lnorm.torch", 1, both, "allocated",
                 lambda: lnorm.torch.layer_norm(x, n, weight, bias)),
-        # RMSNorm beside LayerNorm, without weight (chapter 10)
+        # RMSNorm beside LayerNorm, both without weight or bias (chapter 10)
+        CpuCase("lnorm.numpy", 1, "none", "allocated", lambda: lnorm.numpy.layer_norm(x_np, n)),
+        CpuCase("lnorm.torch", 1, "none", "allocated", lambda: lnorm.torch.layer_norm(x, n)),
         CpuCase("torch.nn.functional.rms_norm", 1, "none", "allocated",
                 lambda: F.rms_norm(x, (n,))),
         CpuCase("lnorm.torch.rms_norm", 1, "none", "allocated",

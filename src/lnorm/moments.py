@@ -191,8 +191,10 @@ def standardize(
       lemma), and the correction ``m2`` is ``-e1`` to within ``(s + 2) u sigma``;
     - so the centred values are ``d + delta`` with ``|delta_i| <= 2u|d_i| +
       (s + 2) u sigma``: the mean offset drops out to first order;
-    - the variance has relative error at most ``(3s + 10) u``, rstd at most
-      ``(3s + 15) u / 2``;
+    - the variance has relative error at most ``(3s + 10) u``, and so has
+      ``var + eps`` with ``eps`` rounded to the working precision (its error,
+      at most ``u eps``, is a smaller share of ``eps`` than the variance's of
+      the variance); rstd at most ``(3s + 15) u / 2``;
     - hence ``|x_hat_i - y_i| <= (s + 2) u max|y| + (3s + 21) / 2 u |y_i|``:
 
           max|x_hat - y| <= (5s + 25) / 4 * eps * max|y|,   eps = 2u,
@@ -286,8 +288,9 @@ def rms_normalize(
     passes into ``x_hat`` unchanged, and no rounding error of a mean can enter.
     To first order the relative error of each element is at most ``(s + 9) u / 2``:
     half of the statistic's ``(s + 2) u`` and of the rounding of ``+ eps`` (the
-    square root halves a relative error), plus one rounding each for the square
-    root, the division and the product. ``x_hat``
+    square root halves a relative error; ``eps`` itself, rounded to the working
+    precision, is within ``u eps``, a smaller share than the statistic's), plus
+    one rounding each for the square root, the division and the product. ``x_hat``
     goes to ``out`` if given, else to a new array; ``rows`` is never modified.
     The sum of squares overflows for rows whose root mean square exceeds
     ``sqrt(largest float / N)`` (1.8e19 / sqrt(N) in float32), before any one

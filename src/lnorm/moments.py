@@ -15,7 +15,7 @@ of the variance for rows of length ``N`` in a precision with unit roundoff
 which is about ``|mean| / std`` for rows far from zero mean (Chan, Golub &
 LeVeque 1983; Higham 2002, §1.9 and problem 1.10), written for sums whose
 error grows like ``N u``. The mean-based functions (``one_pass``,
-``two_pass``, ``centre``, ``shifted_two_pass``, ``standardize``) use the
+``two_pass``, ``centre``, ``corrected_two_pass``, ``standardize``) use the
 libraries' own sums: NumPy's blocked pairwise sum, whose growth factor is
 ``s = ceil(log2(N/128)) + 25`` for N > 128 (:func:`lnorm.bounds.numpy_sum_growth`),
 and torch's, whose order the book does not model (``s = N - 1`` covers any
@@ -158,8 +158,9 @@ def centre_parts(rows: Array, out: Array | None = None) -> tuple[Array, Array, A
     return centred, m1, m2
 
 
-def shifted_two_pass(rows: Array) -> tuple[Array, Array]:
-    """The corrected two-pass algorithm: :func:`centre`, then the mean of squares.
+def corrected_two_pass(rows: Array) -> tuple[Array, Array]:
+    """The corrected two-pass algorithm of Chan, Golub & LeVeque: :func:`centre`, then the
+    mean of squares.
 
     Error bound (first order): ``N u + N u (N u kappa)**2``: the mean offset
     no longer matters until ``N u kappa`` approaches 1 (with NumPy's sums,
@@ -175,7 +176,7 @@ def standardize(
     """LayerNorm without the affine part; returns ``(x_hat, rstd)``.
 
     ``x_hat = (x - mean) * rstd`` with ``rstd = 1 / sqrt(var + eps)`` per row,
-    from the statistics of :func:`shifted_two_pass`. ``x_hat`` goes to ``out``
+    from the statistics of :func:`corrected_two_pass`. ``x_hat`` goes to ``out``
     if given, else to a new array; ``scratch``, if given, holds the squared
     deviations. Passing both (of the rows' shape) makes the call allocate
     nothing of the rows' size, which is what keeps a blocked loop fast.

@@ -6,7 +6,9 @@ corrected two-pass algorithm of :func:`lnorm.moments.standardize` satisfies, to 
 
     max_i |y_computed_i - y_i| <= (5 s + 25) / 4 * eps * max|y|        (eps = 2u)
 
-plus a second-order term that grows with the row's condition number kappa: ``u |e1| rstd``
+against the exact output for LayerNorm's parameter as given (the library rounds it to float32,
+``u`` relative at most, which the bound covers, chapter 4), plus a second-order term that grows
+with the row's condition number kappa: ``u |e1| rstd``
 (at most ``(s + 1) u**2 * mean|x| / sqrt(var + eps)``) when every element lies in Sterbenz's
 range of the first mean and the sum for ``m2`` is exact, and otherwise at most
 ``(s + 1)(s + 3) u kappa`` units with kappa at most about 2N (``lnorm.bounds.layer_norm_forward``

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from lnorm import bounds, moments
 
 U32 = 2.0**-24  # float32 unit roundoff
-ALGORITHMS = ["one_pass", "two_pass", "welford", "pairwise", "shifted_two_pass"]
+ALGORITHMS = ["one_pass", "two_pass", "welford", "pairwise", "corrected_two_pass"]
 
 
 def exact_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -51,13 +51,13 @@ def bound(name: str, n: int, kappa: np.ndarray) -> np.ndarray:
         "two_pass": rounding + (rounding * kappa) ** 2,
         "welford": (n + 4) * U32 * kappa,
         "pairwise": (np.ceil(np.log2(n)) + 4) * U32 * kappa,
-        "shifted_two_pass": rounding + rounding * (rounding * kappa) ** 2,
+        "corrected_two_pass": rounding + rounding * (rounding * kappa) ** 2,
     }[name]
 
 
 @settings(max_examples=300, deadline=None)
 @given(
-    name=st.sampled_from(["two_pass", "welford", "pairwise", "shifted_two_pass"]),
+    name=st.sampled_from(["two_pass", "welford", "pairwise", "corrected_two_pass"]),
     n=st.integers(2, 400),
     offset_exponent=st.floats(0, 6),
     std_exponent=st.floats(-2, 2),
@@ -108,11 +108,11 @@ def test_one_pass_loses_every_digit_and_can_go_negative() -> None:
     # Four numbers near 1e4 with variance 1.25: their squares need 27 bits, float32 keeps 24.
     x = np.array([[10000.0, 10001.0, 10002.0, 10003.0]], dtype=np.float32)
     assert moments.one_pass(x)[1].item() == 0.0
-    assert moments.shifted_two_pass(x)[1].item() == 1.25
+    assert moments.corrected_two_pass(x)[1].item() == 1.25
     # Rows with variance 1e-4 around 1e4: the one-pass variance is often negative.
     x = np.random.default_rng(0).normal(1e4, 0.01, size=(1000, 16)).astype(np.float32)
     assert (moments.one_pass(x)[1] < 0).sum() > 100
-    assert (moments.shifted_two_pass(x)[1] > 0).all()
+    assert (moments.corrected_two_pass(x)[1] > 0).all()
 
 
 def test_centre_leaves_deviations_accurate_at_a_large_offset() -> None:

@@ -55,7 +55,11 @@ def layer_norm_forward(
 
     ``(5s + 25)/4`` to first order in ``u`` (chapter 4, "A bound, derived"),
     plus a second-order term that carries the row's condition number
-    ``kappa``. Two cases (``m1`` the computed mean, ``e1`` its error,
+    ``kappa``. It holds against the exact LayerNorm parameter ``eps`` (1e-5 is not
+    a float): rounded to the working precision it is off by at most ``u eps``, which
+    with the variance's ``(3s + 10) u sigma**2`` stays within
+    ``(3s + 10) u (sigma**2 + eps)``, the variance's own share, so it adds nothing.
+    Two cases (``m1`` the computed mean, ``e1`` its error,
     ``d_i = fl(x_i - m1)``):
 
     - ``sum|d_i| < |m1|/2`` (a row far from zero mean): every ``x_i`` lies in
@@ -110,7 +114,9 @@ def rms_norm_forward(s: int) -> float:
 
     The mean of squares has relative error at most ``(s + 2) u`` (no
     cancellation), ``x_hat`` at most ``(s + 9) u / 2`` and the product with the
-    weight one rounding more (chapter 10), whatever the row's mean.
+    weight one rounding more (chapter 10), whatever the row's mean. The parameter
+    ``eps`` rounded to the working precision adds nothing: its ``u eps`` and the
+    statistic's ``(s + 2) u mean(x**2)`` stay within ``(s + 2) u (mean(x**2) + eps)``.
     """
     return (s + 11) / 4
 

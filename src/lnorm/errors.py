@@ -6,7 +6,7 @@ Every chapter reports error the same way, through :func:`compare`. The
 - :func:`reference_layer_norm` computes in float64. For float32 or
   half-precision inputs that is enough: its own error, a few float64 units
   (2**-53 ≈ 1.1e-16) relative to the output, is about 1e-9 of a float32 unit,
-  and the shifted algorithm keeps it there at any mean offset.
+  and the corrected two-pass algorithm keeps it there at any mean offset.
 - :func:`exact_layer_norm` computes in mpmath with many more digits and rounds
   once at the end. Use it to judge float64 results, and to check the float64
   reference itself.

@@ -15,7 +15,7 @@ of the variance for rows of length ``N`` in a precision with unit roundoff
 which is about ``|mean| / std`` for rows far from zero mean (Chan, Golub &
 LeVeque 1983; Higham 2002, §1.9 and problem 1.10), written for sums whose
 error grows like ``N u``. The mean-based functions (``one_pass``,
-``two_pass``, ``centre``, ``shifted_two_pass``, ``standardize``) use the
+``two_pass``, ``centre``, ``corrected_two_pass``, ``standardize``) use the
 libraries' own sums: NumPy's blocked pairwise sum, whose growth factor is
 ``s = ceil(log2(N/128)) + 25`` for N > 128 (:func:`lnorm.bounds.numpy_sum_growth`),
 and torch's, whose order the book does not model (``s = N - 1`` covers any
@@ -158,8 +158,9 @@ def centre_parts(rows: Array, out: Array | None = None) -> tuple[Array, Array, A
     return centred, m1, m2
 
 
-def shifted_two_pass(rows: Array) -> tuple[Array, Array]:
-    """The corrected two-pass algorithm: :func:`centre`, then the mean of squares.
+def corrected_two_pass(rows: Array) -> tuple[Array, Array]:
+    """The corrected two-pass algorithm of Chan, Golub & LeVeque: :func:`centre`, then the
+    mean of squares.
 
     Error bound (first order): ``N u + N u (N u kappa)**2``: the mean offset
     no longer matters until ``N u kappa`` approaches 1 (with NumPy's sums,
@@ -175,7 +176,7 @@ def standardize(
     """LayerNorm without the affine part; returns ``(x_hat, rstd)``.
 
     ``x_hat = (x - mean) * rstd`` with ``rstd = 1 / sqrt(var + eps)`` per row,
-    from the statistics of :func:`shifted_two_pass`. ``x_hat`` goes to ``out``
+    from the statistics of :func:`corrected_two_pass`. ``x_hat`` goes to ``out``
     if given, else to a new array; ``scratch``, if given, holds the squared
     deviations. Passing both (of the rows' shape) makes the call allocate
     nothing of the rows' size, which is what keeps a blocked loop fast.
@@ -191,8 +192,10 @@ def standardize(
       lemma), and the correction ``m2`` is ``-e1`` to within ``(s + 2) u sigma``;
     - so the centred values are ``d + delta`` with ``|delta_i| <= 2u|d_i| +
       (s + 2) u sigma``: the mean offset drops out to first order;
-    - the variance has relative error at most ``(3s + 10) u``, rstd at most
-      ``(3s + 15) u / 2``;
+    - the variance has relative error at most ``(3s + 10) u``, and so has
+      ``var + eps`` with ``eps`` rounded to the working precision (its error,
+      at most ``u eps``, is a smaller share of ``eps`` than the variance's of
+      the variance); rstd at most ``(3s + 15) u / 2``;
     - hence ``|x_hat_i - y_i| <= (s + 2) u max|y| + (3s + 21) / 2 u |y_i|``:
 
           max|x_hat - y| <= (5s + 25) / 4 * eps * max|y|,   eps = 2u,
@@ -286,8 +289,9 @@ def rms_normalize(
     passes into ``x_hat`` unchanged, and no rounding error of a mean can enter.
     To first order the relative error of each element is at most ``(s + 9) u / 2``:
     half of the statistic's ``(s + 2) u`` and of the rounding of ``+ eps`` (the
-    square root halves a relative error), plus one rounding each for the square
-    root, the division and the product. ``x_hat``
+    square root halves a relative error; ``eps`` itself, rounded to the working
+    precision, is within ``u eps``, a smaller share than the statistic's), plus
+    one rounding each for the square root, the division and the product. ``x_hat``
     goes to ``out`` if given, else to a new array; ``rows`` is never modified.
     The sum of squares overflows for rows whose root mean square exceeds
     ``sqrt(largest float / N)`` (1.8e19 / sqrt(N) in float32), before any one

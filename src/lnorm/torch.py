@@ -66,7 +66,7 @@ def checked_arguments(
 
 
 class LayerNormFunction(torch.autograd.Function):
-    """Forward by the shifted two-pass algorithm; backward by the centred formula.
+    """Forward by the corrected two-pass algorithm; backward by the centred formula.
 
     It saves what torch's own kernel saves: the input (no copy: autograd keeps
     it alive anyway), the mean and ``rstd`` per row, and the weight. The mean is

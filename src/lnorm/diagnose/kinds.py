@@ -71,7 +71,7 @@ KINDS: dict[str, Kind] = {
     "one_pass_variance": Kind(
         "the variance is computed as E[x^2] - E[x]^2 (or another formula whose error grows "
         "with the square of the mean)",
-        "subtract the mean first: var = mean((x - mean)**2); lnorm.moments.shifted_two_pass "
+        "subtract the mean first: var = mean((x - mean)**2); lnorm.moments.corrected_two_pass "
         "is accurate at any mean",
         "chapter 4, Where the error comes from",
     ),

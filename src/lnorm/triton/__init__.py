@@ -1,9 +1,10 @@
 """LayerNorm and RMSNorm in Triton: forward and backward kernels behind torch custom operators.
 
 Same signatures, semantics, errors and dtype rules as :mod:`lnorm.torch` (``layer_norm``,
-``rms_norm``); the algorithms are those of :mod:`lnorm.moments` (the shifted, corrected two-pass;
-RMSNorm's mean of squares) and the backward formulas those of :mod:`lnorm.gradients`, written as
-GPU kernels. Three modules, by role:
+``rms_norm``); the algorithms are those of :mod:`lnorm.moments` (the corrected two-pass for a
+row in one block, sums shifted by the first block's mean for longer rows; RMSNorm's mean of
+squares) and the backward formulas those of :mod:`lnorm.gradients`, written as GPU kernels.
+Three modules, by role:
 
 - :mod:`lnorm.triton.kernels`: one forward and one backward kernel body for both norms (a
   ``CENTRED`` constant switches LayerNorm's mean on), and the column sum of the parameter

@@ -1,9 +1,10 @@
 """The Triton kernels of lnorm.triton: one forward and one backward body for both norms.
 
-``CENTRED`` (a ``tl.constexpr``) switches between LayerNorm (centred: the shifted, corrected
-two-pass mean and variance of :mod:`lnorm.moments`) and RMSNorm (the mean of squares, nothing
-subtracted); the compiler removes the branch not taken, so each norm's compiled kernel has only
-its own instructions. The backward formulas are those of :mod:`lnorm.gradients`.
+``CENTRED`` (a ``tl.constexpr``) switches between LayerNorm (centred: the corrected two-pass
+mean and variance of :mod:`lnorm.moments` for a row in one block, sums shifted by the first
+block's mean for longer rows) and RMSNorm (the mean of squares, nothing subtracted); the
+compiler removes the branch not taken, so each norm's compiled kernel has only its own
+instructions. The backward formulas are those of :mod:`lnorm.gradients`.
 
 Every kernel is *persistent*: the launch plan (:mod:`lnorm.triton.plan`) starts a fixed number of
 programs and each takes tiles of rows round robin (tile p, p + P, p + 2P, ... for P programs), so

@@ -6,16 +6,7 @@ import itertools
 import math
 import numpy as np
 
-from lnorm.diagnose.detectors_common import (
-    _wrong_axis_finding,
-    detect_dtype_changed,
-    detect_eps_mismatch,
-    detect_eps_outside_sqrt,
-    detect_mutates_input,
-    detect_nan_spreads,
-    detect_raises,
-    detect_wrong_output,
-)
+from lnorm.diagnose.detectors_common import _wrong_axis_finding
 from lnorm.diagnose.kinds import eps_probe_name
 from lnorm.diagnose.measure import Context, fitted_denominator, growth_exponent
 from lnorm.diagnose.probes import BESSEL_STDS, EPS_PROBE_STDS, FITTED_OFFSETS, OFFSETS

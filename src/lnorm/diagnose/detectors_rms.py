@@ -7,17 +7,7 @@ import numpy as np
 import torch
 
 from lnorm import errors
-from lnorm.diagnose.detectors_common import (
-    _eps_fits,
-    _wrong_axis_finding,
-    detect_dtype_changed,
-    detect_eps_mismatch,
-    detect_eps_outside_sqrt,
-    detect_mutates_input,
-    detect_nan_spreads,
-    detect_raises,
-    detect_wrong_output,
-)
+from lnorm.diagnose.detectors_common import _eps_fits, _wrong_axis_finding
 from lnorm.diagnose.detectors_layer import AFFINE_MATCH
 from lnorm.diagnose.measure import Context, fitted_denominator
 from lnorm.diagnose.report import Finding

@@ -2,7 +2,8 @@
 exactly that bug, in torch and NumPy, and no finding on correct implementations.
 
 The hand-written implementations below are one RMSNorm, written once against a few array
-operations (:class:`Ops`) so that each bug exists in both frameworks in the same words.
+operations (:class:`Ops`) so that each bug exists in both frameworks in the same words. The
+modules LLaMA, T5 and Gemma ship come from tests/norm_ports.py.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import torch.nn.functional as F
 import lnorm.numpy
 import lnorm.torch
 from lnorm import diagnose
+
+from norm_ports import GemmaRMSNorm, LlamaRMSNorm, T5LayerNorm
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 FLOAT32_EPS = 2.0**-23
@@ -129,53 +132,6 @@ class HandWrittenRMSModule(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.formula(x, self.normalized_shape, self.weight, self.eps)
-
-
-class LlamaRMSNorm(torch.nn.Module):
-    """The RMSNorm of Hugging Face's LLaMA, as it is written there: eps in ``variance_epsilon``,
-    normalized in float32, cast to the input's dtype, then multiplied by the weight."""
-
-    def __init__(self, hidden_size: int, eps: float = 1e-6):
-        super().__init__()
-        self.weight = torch.nn.Parameter(torch.ones(hidden_size))
-        self.variance_epsilon = eps
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        input_dtype = hidden_states.dtype
-        hidden_states = hidden_states.to(torch.float32)
-        variance = hidden_states.pow(2).mean(-1, keepdim=True)
-        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
-        return self.weight * hidden_states.to(input_dtype)
-
-
-class T5LayerNorm(torch.nn.Module):
-    """T5's RMSNorm (named LayerNorm there): a 16-bit weight's dtype first, then the product."""
-
-    def __init__(self, hidden_size: int, eps: float = 1e-6):
-        super().__init__()
-        self.weight = torch.nn.Parameter(torch.ones(hidden_size))
-        self.variance_epsilon = eps
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        variance = hidden_states.to(torch.float32).pow(2).mean(-1, keepdim=True)
-        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
-        if self.weight.dtype in [torch.float16, torch.bfloat16]:
-            hidden_states = hidden_states.to(self.weight.dtype)
-        return self.weight * hidden_states
-
-
-class GemmaRMSNorm(torch.nn.Module):
-    """Gemma's RMSNorm: the weight is stored as w - 1 and applied as (1 + weight) in float32."""
-
-    def __init__(self, dim: int, eps: float = 1e-6):
-        super().__init__()
-        self.eps = eps
-        self.weight = torch.nn.Parameter(torch.zeros(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        output = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (output * (1.0 + self.weight.float())).type_as(x)
 
 
 CORRECT = {

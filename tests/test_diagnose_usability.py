@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from lnorm import diagnose
 
-from test_diagnose_rms import LlamaRMSNorm
+from norm_ports import LlamaRMSNorm
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

@@ -11,10 +11,6 @@ seeds.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -23,6 +19,7 @@ import torch.nn.functional as F
 
 from lnorm import diagnose
 
+from diagnose_helpers import run_cli
 from norm_ports import (
     AnnotatedLayerNorm,
     BertLayerNorm,
@@ -33,7 +30,6 @@ from norm_ports import (
     T5LayerNorm,
 )
 
-SRC = Path(__file__).resolve().parents[1] / "src"
 SEEDS = (0, 1, 2)
 
 
@@ -361,17 +357,6 @@ def test_the_clean_report_is_short() -> None:
     assert "envelope" in diagnose.check(F.layer_norm).details()
 
 
-def _cli(tmp_path: Path, source: str, *flags: str) -> subprocess.CompletedProcess:
-    path = tmp_path / "mine.py"
-    path.write_text(textwrap.dedent(source))
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
-    target = f"{path}:{flags[0]}"
-    return subprocess.run(
-        [sys.executable, "-m", "lnorm.diagnose", target, *flags[1:]],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
-
-
 def test_cli_usage_errors_exit_2_in_one_line(tmp_path: Path) -> None:
     source = """
         import torch
@@ -382,7 +367,7 @@ def test_cli_usage_errors_exit_2_in_one_line(tmp_path: Path) -> None:
     """
     for flags in (("module",), ("missing",), ("module", "--cast", "nope"),
                   ("module", "--eps", "many")):
-        run = _cli(tmp_path, source, *flags)
+        run = run_cli(tmp_path, source, *flags)
         assert run.returncode == 2, (flags, run.stdout, run.stderr)
         assert len(run.stderr.strip().splitlines()) == 1 and "Traceback" not in run.stderr
 
@@ -399,11 +384,11 @@ def test_cli_flags(tmp_path: Path) -> None:
                 return self.weight * (x.float() * torch.rsqrt(v + 1e-6)).to(x.dtype)
         module = LlamaRMSNorm(64)
     """
-    run = _cli(tmp_path, source, "module", "--rms", "--eps", "1e-6", "--cast", "llama")
+    run = run_cli(tmp_path, source, "module", "--rms", "--eps", "1e-6", "--cast", "llama")
     assert run.returncode == 0 and "[" not in run.stdout.splitlines()[1], run.stdout
-    noted = _cli(tmp_path, source, "module", "--rms", "--eps", "1e-6")
+    noted = run_cli(tmp_path, source, "module", "--rms", "--eps", "1e-6")
     assert noted.returncode == 0 and "note: cast_order:" in noted.stdout, noted.stdout
-    verbose = _cli(tmp_path, "from torch.nn.functional import layer_norm\n", "layer_norm",
+    verbose = run_cli(tmp_path, "from torch.nn.functional import layer_norm\n", "layer_norm",
                    "--normalized-shape", "128", "--verbose", "--no-half")
     assert verbose.returncode == 0 and "measurements" in verbose.stdout, verbose.stdout
     assert "rows of 128, 4096, 4097" in verbose.stdout

@@ -2,20 +2,16 @@
 NumPy, and no finding on correct implementations.
 
 The hand-written implementations below are one LayerNorm, written once against a few array
-operations (:class:`Ops`) so that each bug exists in both frameworks in the same words.
+operations (``Ops`` of tests/diagnose_helpers.py) so that each bug exists in both frameworks in
+the same words.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
-import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -23,39 +19,9 @@ import torch.nn.functional as F
 import lnorm.numpy
 import lnorm.torch
 from lnorm import diagnose
+
 from conftest import HAVE_TRITON
-
-SRC = Path(__file__).resolve().parents[1] / "src"
-
-
-class Ops:
-    """The operations a hand-written LayerNorm uses, in torch or in NumPy."""
-
-    def __init__(self, framework: str):
-        self.torch = framework == "torch"
-
-    def mean(self, x, dims):
-        return x.mean(dim=dims, keepdim=True) if self.torch else x.mean(axis=dims, keepdims=True)
-
-    def var(self, x, dims, unbiased: bool):
-        if self.torch:
-            return x.var(dim=dims, keepdim=True, correction=int(unbiased))
-        return x.var(axis=dims, keepdims=True, ddof=int(unbiased))
-
-    def sqrt(self, x):
-        return torch.sqrt(x) if self.torch else np.sqrt(x)
-
-    def float32(self, x):
-        return x.float() if self.torch else x.astype(np.float32)
-
-    def cast(self, x, like):
-        return x.to(like.dtype) if self.torch else x.astype(like.dtype)
-
-    def global_mean(self, x):
-        return x.mean()
-
-    def zero_(self, x) -> None:
-        x[...] = 0
+from diagnose_helpers import Ops, reduction_axes, run_cli
 
 
 def hand_written(bug: str = "none", framework: str = "torch") -> Callable:
@@ -63,14 +29,7 @@ def hand_written(bug: str = "none", framework: str = "torch") -> Callable:
     ops = Ops(framework)
 
     def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
-        shape = (normalized_shape,) if isinstance(normalized_shape, int) else normalized_shape
-        dims = tuple(range(-len(shape), 0))
-        if bug == "channels_axis" and x.ndim == 3:  # a port from a channels-first layout
-            dims = (1,)
-        if bug == "batch_axis":  # numpy's reductions over axis 0
-            dims = (0,)
-        if bug == "last_axis_only":
-            dims = (-1,)
+        dims = reduction_axes(bug, x, normalized_shape)
         if bug == "only_2d" and x.ndim != 2:
             raise ValueError("expected a 2-d input")
         work = x if bug == "sixteen_bit" else ops.float32(x)
@@ -253,12 +212,17 @@ def test_a_function_that_always_raises_gets_one_finding() -> None:
     assert "RuntimeError: not implemented" in str(report)
 
 
-def test_the_checker_never_changes_the_readers_module() -> None:
-    module = torch.nn.LayerNorm(16)
+@pytest.mark.parametrize(
+    "norm, module_class",
+    [("layer", torch.nn.LayerNorm), ("rms", torch.nn.RMSNorm)],
+    ids=["LayerNorm", "RMSNorm"],
+)
+def test_the_checker_never_changes_the_readers_module(norm: str, module_class: type) -> None:
+    module = module_class(16)
     with torch.no_grad():
         module.weight.fill_(3.0)
     state = {k: v.clone() for k, v in module.state_dict().items()}
-    assert diagnose.check(module).ok
+    assert diagnose.check(module, norm=norm).ok
     assert all(torch.equal(state[k], v) for k, v in module.state_dict().items())
     assert module.weight.dtype == torch.float32
 
@@ -272,21 +236,8 @@ def test_unknown_norm_framework_and_arguments() -> None:
         diagnose.check(42)
 
 
-def _run_cli(tmp_path: Path, source: str, *arguments: str) -> subprocess.CompletedProcess:
-    path = tmp_path / "mine.py"
-    path.write_text(textwrap.dedent(source))
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
-    return subprocess.run(
-        [sys.executable, "-m", "lnorm.diagnose", f"{path}:layer_norm", *arguments],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-
-
 def test_cli_exit_codes(tmp_path: Path) -> None:
-    correct = _run_cli(
+    correct = run_cli(
         tmp_path,
         """
         import numpy as np
@@ -302,12 +253,13 @@ def test_cli_exit_codes(tmp_path: Path) -> None:
                 y = y + bias
             return y.astype(x.dtype)
         """,
+        "layer_norm",
         "--numpy",
     )
     assert correct.returncode == 0, correct.stdout + correct.stderr
     assert "no findings" in correct.stdout
 
-    forum = _run_cli(
+    forum = run_cli(
         tmp_path,
         """
         import torch
@@ -318,6 +270,7 @@ def test_cli_exit_codes(tmp_path: Path) -> None:
             var = torch.var(x, dim=dims, keepdim=True)
             return (x - mean) / torch.sqrt(var + eps)
         """,
+        "layer_norm",
         "--no-half",
     )
     assert forum.returncode == 1, forum.stdout + forum.stderr

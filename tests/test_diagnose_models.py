@@ -1,18 +1,16 @@
 """lnorm.diagnose on normalization code as model repositories write it (issue 21).
 
-Each class below is a port, written here, of a module kind that widely used model code ships:
-BERT's TF-style LayerNorm (eps as ``variance_epsilon``), the Annotated Transformer's (``a_2``,
-``b_2``, ``std + eps``), a float32-parameter LayerNorm fed 16-bit activations, T5's, LLaMA's and
-Gemma's RMSNorms with their cast orders, ConvNeXt's channels-first LayerNorm, and kernels whose
-long-row path or backward is wrong. Correct ones must get no finding over several seeds.
+The modules come from tests/norm_ports.py, ports of module kinds that widely used model code
+ships: BERT's TF-style LayerNorm (eps as ``variance_epsilon``), the Annotated Transformer's
+(``a_2``, ``b_2``, ``std + eps``), a float32-parameter LayerNorm fed 16-bit activations, T5's,
+LLaMA's and Gemma's RMSNorms with their cast orders, ConvNeXt's channels-first LayerNorm. The
+classes and functions below add modules with other parameter names or a hard-coded eps, and
+kernels whose long-row path or backward is wrong. Correct ones must get no finding over several
+seeds.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -21,40 +19,18 @@ import torch.nn.functional as F
 
 from lnorm import diagnose
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+from diagnose_helpers import run_cli
+from norm_ports import (
+    AnnotatedLayerNorm,
+    BertLayerNorm,
+    ConvNeXtLayerNorm,
+    Fp32LayerNorm,
+    GemmaRMSNorm,
+    LlamaRMSNorm,
+    T5LayerNorm,
+)
+
 SEEDS = (0, 1, 2)
-
-
-class BertLayerNorm(torch.nn.Module):
-    """BERT's TF-style LayerNorm: eps inside the square root, stored as ``variance_epsilon``."""
-
-    def __init__(self, hidden_size: int, eps: float = 1e-12):
-        super().__init__()
-        self.weight = torch.nn.Parameter(torch.ones(hidden_size))
-        self.bias = torch.nn.Parameter(torch.zeros(hidden_size))
-        self.variance_epsilon = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        u = x.mean(-1, keepdim=True)
-        s = (x - u).pow(2).mean(-1, keepdim=True)
-        x = (x - u) / torch.sqrt(s + self.variance_epsilon)
-        return self.weight * x + self.bias
-
-
-class AnnotatedLayerNorm(torch.nn.Module):
-    """The Annotated Transformer's LayerNorm: ``a_2 * (x - mean) / (std + eps) + b_2``, with
-    torch's std (Bessel's correction) and eps added to it."""
-
-    def __init__(self, features: int, eps: float = 1e-6):
-        super().__init__()
-        self.a_2 = torch.nn.Parameter(torch.ones(features))
-        self.b_2 = torch.nn.Parameter(torch.zeros(features))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(-1, keepdim=True)
-        std = x.std(-1, keepdim=True)
-        return self.a_2 * (x - mean) / (std + self.eps) + self.b_2
 
 
 class GammaBetaLayerNorm(torch.nn.Module):
@@ -82,14 +58,6 @@ class OddNamesLayerNorm(GammaBetaLayerNorm):
         return F.layer_norm(x, self.p.shape, self.p, self.q, self.epsilon)
 
 
-class Fp32LayerNorm(torch.nn.LayerNorm):
-    """Mixed precision as speech and translation models ship it: float32 parameters, the
-    16-bit input normalized in float32, the output in the input's dtype."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).type(x.dtype)
-
-
 class HardCodedEpsLayerNorm(torch.nn.Module):
     """A LayerNorm without an eps attribute that uses 1e-6."""
 
@@ -100,64 +68,6 @@ class HardCodedEpsLayerNorm(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-6)
-
-
-class LlamaRMSNorm(torch.nn.Module):
-    """LLaMA's (and Mistral's) RMSNorm: normalized in float32, cast, then multiplied."""
-
-    def __init__(self, hidden_size: int, eps: float = 1e-6):
-        super().__init__()
-        self.weight = torch.nn.Parameter(torch.ones(hidden_size))
-        self.variance_epsilon = eps
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        input_dtype = hidden_states.dtype
-        hidden_states = hidden_states.to(torch.float32)
-        variance = hidden_states.pow(2).mean(-1, keepdim=True)
-        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
-        return self.weight * hidden_states.to(input_dtype)
-
-
-class T5LayerNorm(LlamaRMSNorm):
-    """T5's RMSNorm, named LayerNorm there: the weight's 16-bit dtype first, then the product."""
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        variance = hidden_states.to(torch.float32).pow(2).mean(-1, keepdim=True)
-        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
-        if self.weight.dtype in [torch.float16, torch.bfloat16]:
-            hidden_states = hidden_states.to(self.weight.dtype)
-        return self.weight * hidden_states
-
-
-class GemmaRMSNorm(torch.nn.Module):
-    """Gemma's RMSNorm: the weight stored as w - 1, applied as (1 + weight) in float32."""
-
-    def __init__(self, dim: int, eps: float = 1e-6):
-        super().__init__()
-        self.eps = eps
-        self.weight = torch.nn.Parameter(torch.zeros(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        output = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (output * (1.0 + self.weight.float())).type_as(x)
-
-
-class ConvNeXtLayerNorm(torch.nn.Module):
-    """ConvNeXt's LayerNorm with data_format="channels_first": it normalizes dim 1 of NCHW."""
-
-    def __init__(self, normalized_shape: int, eps: float = 1e-6):
-        super().__init__()
-        self.weight = torch.nn.Parameter(torch.ones(normalized_shape))
-        self.bias = torch.nn.Parameter(torch.zeros(normalized_shape))
-        self.eps = eps
-        self.normalized_shape = (normalized_shape,)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        u = x.mean(1, keepdim=True)
-        s = (x - u).pow(2).mean(1, keepdim=True)
-        x = (x - u) / torch.sqrt(s + self.eps)
-        return self.weight[:, None, None] * x + self.bias[:, None, None]
 
 
 def blocked_layer_norm(block: int = 1024, drop_tail: bool = False):
@@ -447,17 +357,6 @@ def test_the_clean_report_is_short() -> None:
     assert "envelope" in diagnose.check(F.layer_norm).details()
 
 
-def _cli(tmp_path: Path, source: str, *flags: str) -> subprocess.CompletedProcess:
-    path = tmp_path / "mine.py"
-    path.write_text(textwrap.dedent(source))
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
-    target = f"{path}:{flags[0]}"
-    return subprocess.run(
-        [sys.executable, "-m", "lnorm.diagnose", target, *flags[1:]],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
-
-
 def test_cli_usage_errors_exit_2_in_one_line(tmp_path: Path) -> None:
     source = """
         import torch
@@ -468,7 +367,7 @@ def test_cli_usage_errors_exit_2_in_one_line(tmp_path: Path) -> None:
     """
     for flags in (("module",), ("missing",), ("module", "--cast", "nope"),
                   ("module", "--eps", "many")):
-        run = _cli(tmp_path, source, *flags)
+        run = run_cli(tmp_path, source, *flags)
         assert run.returncode == 2, (flags, run.stdout, run.stderr)
         assert len(run.stderr.strip().splitlines()) == 1 and "Traceback" not in run.stderr
 
@@ -485,11 +384,11 @@ def test_cli_flags(tmp_path: Path) -> None:
                 return self.weight * (x.float() * torch.rsqrt(v + 1e-6)).to(x.dtype)
         module = LlamaRMSNorm(64)
     """
-    run = _cli(tmp_path, source, "module", "--rms", "--eps", "1e-6", "--cast", "llama")
+    run = run_cli(tmp_path, source, "module", "--rms", "--eps", "1e-6", "--cast", "llama")
     assert run.returncode == 0 and "[" not in run.stdout.splitlines()[1], run.stdout
-    noted = _cli(tmp_path, source, "module", "--rms", "--eps", "1e-6")
+    noted = run_cli(tmp_path, source, "module", "--rms", "--eps", "1e-6")
     assert noted.returncode == 0 and "note: cast_order:" in noted.stdout, noted.stdout
-    verbose = _cli(tmp_path, "from torch.nn.functional import layer_norm\n", "layer_norm",
+    verbose = run_cli(tmp_path, "from torch.nn.functional import layer_norm\n", "layer_norm",
                    "--normalized-shape", "128", "--verbose", "--no-half")
     assert verbose.returncode == 0 and "measurements" in verbose.stdout, verbose.stdout
     assert "rows of 128, 4096, 4097" in verbose.stdout

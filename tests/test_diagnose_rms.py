@@ -2,21 +2,17 @@
 exactly that bug, in torch and NumPy, and no finding on correct implementations.
 
 The hand-written implementations below are one RMSNorm, written once against a few array
-operations (:class:`Ops`) so that each bug exists in both frameworks in the same words.
+operations (``Ops`` of tests/diagnose_helpers.py) so that each bug exists in both frameworks in
+the same words; the modules LLaMA, T5 and Gemma ship come from tests/norm_ports.py.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import math
-import os
-import subprocess
-import sys
-import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -25,41 +21,10 @@ import lnorm.numpy
 import lnorm.torch
 from lnorm import diagnose
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+from diagnose_helpers import Ops, reduction_axes, run_cli
+from norm_ports import GemmaRMSNorm, LlamaRMSNorm, T5LayerNorm
+
 FLOAT32_EPS = 2.0**-23
-
-
-class Ops:
-    """The operations a hand-written RMSNorm uses, in torch or in NumPy."""
-
-    def __init__(self, framework: str):
-        self.torch = framework == "torch"
-
-    def mean(self, x, dims):
-        return x.mean(dim=dims, keepdim=True) if self.torch else x.mean(axis=dims, keepdims=True)
-
-    def rsqrt(self, x):
-        return torch.rsqrt(x) if self.torch else 1 / np.sqrt(x)
-
-    def sqrt(self, x):
-        return torch.sqrt(x) if self.torch else np.sqrt(x)
-
-    def float32(self, x):
-        return x.float() if self.torch else x.astype(np.float32)
-
-    def cast(self, x, like):
-        return x.to(like.dtype) if self.torch else x.astype(like.dtype)
-
-    def machine_eps(self, x) -> float:
-        return float(torch.finfo(x.dtype).eps if self.torch else np.finfo(x.dtype).eps)
-
-    def largest_magnitude(self, x) -> float:
-        if (x.numel() if self.torch else x.size) == 0:
-            return 1.0
-        return float(x.abs().max()) if self.torch else float(np.max(np.abs(x)))
-
-    def zero_(self, x) -> None:
-        x[...] = 0
 
 
 def hand_written_rms(bug: str = "none", framework: str = "torch") -> Callable:
@@ -67,14 +32,7 @@ def hand_written_rms(bug: str = "none", framework: str = "torch") -> Callable:
     ops = Ops(framework)
 
     def rms_norm(x, normalized_shape, weight=None, eps=None):
-        shape = (normalized_shape,) if isinstance(normalized_shape, int) else normalized_shape
-        dims = tuple(range(-len(shape), 0))
-        if bug == "channels_axis" and x.ndim == 3:  # a port from a channels-first layout
-            dims = (1,)
-        if bug == "batch_axis":
-            dims = (0,)
-        if bug == "last_axis_only":
-            dims = (-1,)
+        dims = reduction_axes(bug, x, normalized_shape)
         if bug == "only_2d" and x.ndim != 2:
             raise ValueError("expected a 2-d input")
         if eps is None and bug != "none_crashes":  # torch's default
@@ -129,53 +87,6 @@ class HandWrittenRMSModule(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.formula(x, self.normalized_shape, self.weight, self.eps)
-
-
-class LlamaRMSNorm(torch.nn.Module):
-    """The RMSNorm of Hugging Face's LLaMA, as it is written there: eps in ``variance_epsilon``,
-    normalized in float32, cast to the input's dtype, then multiplied by the weight."""
-
-    def __init__(self, hidden_size: int, eps: float = 1e-6):
-        super().__init__()
-        self.weight = torch.nn.Parameter(torch.ones(hidden_size))
-        self.variance_epsilon = eps
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        input_dtype = hidden_states.dtype
-        hidden_states = hidden_states.to(torch.float32)
-        variance = hidden_states.pow(2).mean(-1, keepdim=True)
-        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
-        return self.weight * hidden_states.to(input_dtype)
-
-
-class T5LayerNorm(torch.nn.Module):
-    """T5's RMSNorm (named LayerNorm there): a 16-bit weight's dtype first, then the product."""
-
-    def __init__(self, hidden_size: int, eps: float = 1e-6):
-        super().__init__()
-        self.weight = torch.nn.Parameter(torch.ones(hidden_size))
-        self.variance_epsilon = eps
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        variance = hidden_states.to(torch.float32).pow(2).mean(-1, keepdim=True)
-        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
-        if self.weight.dtype in [torch.float16, torch.bfloat16]:
-            hidden_states = hidden_states.to(self.weight.dtype)
-        return self.weight * hidden_states
-
-
-class GemmaRMSNorm(torch.nn.Module):
-    """Gemma's RMSNorm: the weight is stored as w - 1 and applied as (1 + weight) in float32."""
-
-    def __init__(self, dim: int, eps: float = 1e-6):
-        super().__init__()
-        self.eps = eps
-        self.weight = torch.nn.Parameter(torch.zeros(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        output = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (output * (1.0 + self.weight.float())).type_as(x)
 
 
 CORRECT = {
@@ -323,16 +234,6 @@ def test_low_precision_evidence() -> None:
     assert overflow["outputs differing"] == 1.0
 
 
-def test_the_checker_never_changes_the_readers_module() -> None:
-    module = torch.nn.RMSNorm(16)
-    with torch.no_grad():
-        module.weight.fill_(3.0)
-    state = {k: v.clone() for k, v in module.state_dict().items()}
-    assert diagnose.check(module, norm="rms").ok
-    assert all(torch.equal(state[k], v) for k, v in module.state_dict().items())
-    assert module.weight.dtype == torch.float32
-
-
 def test_check_is_fast() -> None:
     """Under 2 s per implementation on one core; a few hundredths of a second in fact."""
     import time
@@ -347,21 +248,8 @@ def test_check_is_fast() -> None:
         assert time.perf_counter() - start < 2.0
 
 
-def _run_cli(tmp_path: Path, source: str, *arguments: str) -> subprocess.CompletedProcess:
-    path = tmp_path / "mine.py"
-    path.write_text(textwrap.dedent(source))
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
-    return subprocess.run(
-        [sys.executable, "-m", "lnorm.diagnose", f"{path}:rms_norm", "--rms", *arguments],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-
-
 def test_cli_rms(tmp_path: Path) -> None:
-    correct = _run_cli(
+    correct = run_cli(
         tmp_path,
         """
         import numpy as np
@@ -375,12 +263,14 @@ def test_cli_rms(tmp_path: Path) -> None:
                 y = y * weight.astype(np.float32)
             return y.astype(x.dtype)
         """,
+        "rms_norm",
+        "--rms",
         "--numpy",
     )
     assert correct.returncode == 0, correct.stdout + correct.stderr
     assert "no findings: on every probe it behaves as RMSNorm" in " ".join(correct.stdout.split())
 
-    model_code = _run_cli(
+    model_code = run_cli(
         tmp_path,
         """
         import torch
@@ -390,6 +280,8 @@ def test_cli_rms(tmp_path: Path) -> None:
             x_hat = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + 1e-6)
             return x_hat.to(x.dtype) if weight is None else weight * x_hat.to(x.dtype)
         """,
+        "rms_norm",
+        "--rms",
     )
     assert model_code.returncode == 1, model_code.stdout + model_code.stderr
     assert "[eps_mismatch]" in model_code.stdout and "note: cast_order:" in model_code.stdout

@@ -4,10 +4,6 @@ errors."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -16,19 +12,8 @@ import torch.nn.functional as F
 
 from lnorm import diagnose
 
-from test_diagnose_rms import LlamaRMSNorm
-
-SRC = Path(__file__).resolve().parents[1] / "src"
-
-
-def _cli(tmp_path: Path, source: str, name: str, *flags: str) -> subprocess.CompletedProcess:
-    path = tmp_path / "mine.py"
-    path.write_text(textwrap.dedent(source))
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
-    return subprocess.run(
-        [sys.executable, "-m", "lnorm.diagnose", f"{path}:{name}", *flags],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
+from diagnose_helpers import run_cli
+from norm_ports import LlamaRMSNorm
 
 
 # -- 1. the tolerance, per dtype ---------------------------------------------------------------
@@ -114,7 +99,7 @@ def test_wrong_axis_alone_does_not_block_the_backward_check() -> None:
 
 
 def test_the_cli_normalized_shape_skips_the_two_axis_probe(tmp_path: Path) -> None:
-    run = _cli(tmp_path, "from torch.nn.functional import rms_norm\n", "rms_norm", "--rms",
+    run = run_cli(tmp_path, "from torch.nn.functional import rms_norm\n", "rms_norm", "--rms",
                "--normalized-shape", "4096", "--no-half")
     assert run.returncode == 0, run.stdout + run.stderr
     assert "rows of 4096, 4097" in run.stdout and " 80," not in run.stdout
@@ -147,7 +132,7 @@ def test_a_16bit_only_finding_says_float32_is_correct() -> None:
 
 
 def test_cast_without_rms_is_a_usage_error(tmp_path: Path) -> None:
-    run = _cli(tmp_path, "from torch.nn.functional import layer_norm\n", "layer_norm",
+    run = run_cli(tmp_path, "from torch.nn.functional import layer_norm\n", "layer_norm",
                "--cast", "llama")
     assert run.returncode == 2 and "--cast" in run.stderr and "--rms" in run.stderr
 
@@ -158,7 +143,7 @@ def test_a_factory_function_is_a_usage_error(tmp_path: Path) -> None:
         def make_norm():
             return torch.nn.LayerNorm(64)
     """
-    run = _cli(tmp_path, source, "make_norm")
+    run = run_cli(tmp_path, source, "make_norm")
     assert run.returncode == 2, run.stdout + run.stderr
     assert len(run.stderr.strip().splitlines()) == 1 and "nn.Module instance" in run.stderr
     assert "F.layer_norm's" in run.stderr and "[raises]" not in run.stdout
@@ -172,7 +157,7 @@ def test_a_factory_function_is_a_usage_error(tmp_path: Path) -> None:
 
 def test_the_verdict_stays_on_the_names_line_when_it_fits(tmp_path: Path) -> None:
     source = "import torch\nbert_inst = torch.nn.LayerNorm(64)\n"
-    run = _cli(tmp_path, source, "bert_inst", "--no-half")
+    run = run_cli(tmp_path, source, "bert_inst", "--no-half")
     first = run.stdout.splitlines()[0]  # the file's name, not its whole path, heads the report
     assert run.returncode == 0 and first == (
         "mine.py:bert_inst (torch): no findings: on every probe it behaves as LayerNorm."

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -78,6 +79,23 @@ def detect_mutates_input(ctx: Context) -> Finding | None:
     )
 
 
+#: The probes whose every axis carries its own statistics, so that a wrong axis shows.
+AXIS_PROBES = ("rows_axes", "batch_axes", "two_axes")
+
+
+def _axis_probe_outputs(
+    ctx: Context,
+) -> Iterator[tuple[str, np.ndarray, tuple[int, ...], tuple[int, ...]]]:
+    """Each axis probe that has an output: its name, the output, its normalized_shape, and the
+    trailing axes the norm must run over."""
+    for probe in AXIS_PROBES:
+        y = ctx.output(probe)
+        if y is None:
+            continue
+        shape = ctx.calls[probe].probe.normalized_shape
+        yield probe, y, shape, tuple(range(y.ndim - len(shape), y.ndim))
+
+
 def _wrong_axis_finding(
     ctx: Context, wrong: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], str]]
 ) -> Finding | None:
@@ -99,6 +117,28 @@ def _wrong_axis_finding(
         {name: f"{w[3]}, input shape {w[0]}" for name, w in wrong.items()},
         norm,
     )
+
+
+def _non_finite_constant_rows(ctx: Context, count: int) -> np.ndarray | None:
+    """For each of the first ``count`` rows of the ``constant`` probe (the rows of zero
+    spread), whether its output has a NaN or inf; None when the probe has no output or the
+    detectors on rows stand down."""
+    y = ctx.output("constant")
+    if y is None or ctx.rows_unreliable:
+        return None
+    return ~np.isfinite(y.reshape(y.shape[0], -1)[:count]).all(axis=1)
+
+
+#: Normwise distance (fraction of max|y|) within which an affine candidate is taken to match.
+AFFINE_MATCH = 1e-4
+
+
+def _affine_distances(mine: np.ndarray, candidates: dict[str, np.ndarray]) -> dict[str, float]:
+    """The distance of the output ``mine`` to each candidate, ``max|mine - candidate|``, as a
+    fraction of ``max|mine|`` (over its finite entries)."""
+    scale = float(np.max(np.abs(mine[np.isfinite(mine)]), initial=0.0)) or 1.0
+    with np.errstate(invalid="ignore"):
+        return {k: float(np.max(np.abs(mine - c))) / scale for k, c in candidates.items()}
 
 
 def detect_nan_spreads(ctx: Context) -> Finding | None:

@@ -7,14 +7,11 @@ import math
 import numpy as np
 
 from lnorm.diagnose.detectors_common import (
+    AFFINE_MATCH,
+    _affine_distances,
+    _axis_probe_outputs,
+    _non_finite_constant_rows,
     _wrong_axis_finding,
-    detect_dtype_changed,
-    detect_eps_mismatch,
-    detect_eps_outside_sqrt,
-    detect_mutates_input,
-    detect_nan_spreads,
-    detect_raises,
-    detect_wrong_output,
 )
 from lnorm.diagnose.kinds import eps_probe_name
 from lnorm.diagnose.measure import Context, fitted_denominator, growth_exponent
@@ -81,12 +78,7 @@ def detect_wrong_axis(ctx: Context) -> Finding | None:
     statistics is then this finding, not ``nan_spreads``).
     """
     wrong, largest_mean = {}, 0.0
-    for probe in ("rows_axes", "batch_axes", "two_axes"):
-        y = ctx.output(probe)
-        if y is None:
-            continue
-        shape = ctx.calls[probe].probe.normalized_shape
-        trailing = tuple(range(y.ndim - len(shape), y.ndim))
+    for probe, y, shape, trailing in _axis_probe_outputs(ctx):
         scale = math.sqrt(float(np.mean(y * y))) or 1.0
         largest_mean = max(largest_mean, float(np.max(np.abs(y.mean(axis=trailing)))) / scale)
         centred_over, scaled_over = normalization_axes(y, trailing)
@@ -109,11 +101,8 @@ def detect_eps_ignored(ctx: Context) -> Finding | None:
     finite. LayerNorm gives 0/sqrt(0 + eps) = 0 there; only a denominator
     without eps gives 0/0. No rounding involved.
     """
-    y = ctx.output("constant")
-    if y is None or ctx.rows_unreliable:
-        return None
-    bad = ~np.isfinite(y.reshape(y.shape[0], -1)[:4]).all(axis=1)
-    if not bad.any():
+    bad = _non_finite_constant_rows(ctx, 4)
+    if bad is None or not bad.any():
         return None
     return Finding(
         "eps_ignored",
@@ -314,10 +303,6 @@ def detect_low_precision_accumulation(ctx: Context) -> Finding | None:
     )
 
 
-#: Normwise distance (fraction of max|y|) within which an affine candidate is taken to match.
-AFFINE_MATCH = 1e-4
-
-
 def detect_affine_wrong(ctx: Context) -> Finding | None:
     """``affine_wrong``: weight and bias are not applied as ``x_hat * weight + bias``.
 
@@ -348,9 +333,7 @@ def detect_affine_wrong(ctx: Context) -> Finding | None:
     }
     if ctx.output("affine_first") is not None:
         candidates["weight and bias applied before normalizing"] = ctx.output("affine_first")
-    scale = float(np.max(np.abs(mine[np.isfinite(mine)]), initial=0.0)) or 1.0
-    with np.errstate(invalid="ignore"):
-        distance = {k: float(np.max(np.abs(mine - c))) / scale for k, c in candidates.items()}
+    distance = _affine_distances(mine, candidates)
     measured = ctx.measure(
         "affine_wrong", "distance to x_hat*w + b / max|y|", distance["correct"], AFFINE_MATCH
     )

@@ -8,17 +8,13 @@ import torch
 
 from lnorm import errors
 from lnorm.diagnose.detectors_common import (
+    AFFINE_MATCH,
+    _affine_distances,
+    _axis_probe_outputs,
     _eps_fits,
+    _non_finite_constant_rows,
     _wrong_axis_finding,
-    detect_dtype_changed,
-    detect_eps_mismatch,
-    detect_eps_outside_sqrt,
-    detect_mutates_input,
-    detect_nan_spreads,
-    detect_raises,
-    detect_wrong_output,
 )
-from lnorm.diagnose.detectors_layer import AFFINE_MATCH
 from lnorm.diagnose.measure import Context, fitted_denominator
 from lnorm.diagnose.report import Finding
 from lnorm.diagnose.subject import _TORCH_DTYPES, CAST_ORDERS, _rounded
@@ -70,12 +66,7 @@ def detect_rms_wrong_axis(ctx: Context) -> Finding | None:
     axes, the detectors on rows stand down.
     """
     wrong, largest = {}, 0.0
-    for probe in ("rows_axes", "batch_axes", "two_axes"):
-        y = ctx.output(probe)
-        if y is None:
-            continue
-        shape = ctx.calls[probe].probe.normalized_shape
-        trailing = tuple(range(y.ndim - len(shape), y.ndim))
+    for probe, y, shape, trailing in _axis_probe_outputs(ctx):
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             ms = (y * y).mean(axis=trailing)
             largest = max(largest, float(np.max(np.abs(ms / np.median(ms) - 1.0))))
@@ -99,11 +90,8 @@ def detect_rms_eps_ignored(ctx: Context) -> Finding | None:
     zero rows' outputs are finite. RMSNorm gives 0 * rsqrt(0 + eps) = 0; only a
     denominator without eps gives 0/0. No rounding involved.
     """
-    y = ctx.output("constant")
-    if y is None or ctx.rows_unreliable:
-        return None
-    bad = ~np.isfinite(y.reshape(y.shape[0], -1)[:2]).all(axis=1)
-    if not bad.any():
+    bad = _non_finite_constant_rows(ctx, 2)
+    if bad is None or not bad.any():
         return None
     return Finding(
         "eps_ignored",
@@ -325,9 +313,7 @@ def detect_rms_affine_wrong(ctx: Context) -> Finding | None:
     }
     if ctx.output("affine_first") is not None:
         candidates["the weight applied before normalizing"] = ctx.output("affine_first")
-    scale = float(np.max(np.abs(mine[np.isfinite(mine)]), initial=0.0)) or 1.0
-    with np.errstate(invalid="ignore"):
-        distance = {k: float(np.max(np.abs(mine - c))) / scale for k, c in candidates.items()}
+    distance = _affine_distances(mine, candidates)
     if not ctx.measure(
         "affine_wrong", "distance to x_hat*w / max|y|", distance["correct"], AFFINE_MATCH
     ).flagged:

@@ -162,3 +162,21 @@ def test_out_is_keyword_only_and_checked() -> None:
     with pytest.raises(ValueError, match="overlaps"):
         lnorm.numpy.layer_norm(both[:4], 8, out=both[1:])
     assert np.array_equal(x, np.ones((4, 8), np.float32))  # nothing was written to x
+
+
+@pytest.mark.parametrize("block_bytes", [4096, 1 << 20])
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("with_weight", [False, True])
+def test_rms_norm_blocked_is_the_unblocked_formula_bit_for_bit(
+    monkeypatch, block_bytes: int, dtype: str, with_weight: bool
+) -> None:
+    """rms_norm's blocked loop (squares and x_hat formed in one product each, into its buffers)
+    gives the bits of the plain formula: widen to the working dtype, square, mean, x * rstd."""
+    monkeypatch.setattr(lnorm.numpy, "BLOCK_BYTES", block_bytes)
+    rng = np.random.default_rng(7)
+    x = rng.normal(2.0, 3.0, size=(300, 96)).astype(dtype)
+    weight = rng.uniform(0.5, 1.5, 96).astype(dtype) if with_weight else None
+    work = np.float64 if dtype == "float64" else np.float32
+    x_hat, _ = moments.rms_normalize(x.astype(work), float(np.finfo(work).eps))
+    expected = (x_hat if weight is None else x_hat * weight.astype(work)).astype(dtype)
+    assert np.array_equal(lnorm.numpy.rms_norm(x, 96, weight), expected)

@@ -273,9 +273,8 @@ def mean_of_squares(rows: Array, scratch: Array | None = None) -> Array:
     if scratch is None:
         squares = rows * rows
     else:
-        squares = scratch
-        squares[...] = rows  # widens a float16 row exactly
-        squares *= squares
+        # one pass: computed in scratch's dtype, into which a float16 row widens exactly
+        squares = np.multiply(rows, rows, out=scratch, dtype=scratch.dtype)
     return _mean(squares)
 
 
@@ -302,6 +301,4 @@ def rms_normalize(
     rstd = 1 / _sqrt(mean_of_squares(rows, scratch) + eps)
     if out is None:
         return rows * rstd, rstd
-    out[...] = rows
-    out *= rstd
-    return out, rstd
+    return np.multiply(rows, rstd, out=out, dtype=out.dtype), rstd

@@ -85,6 +85,21 @@ def layer_norm_forward(
     return (5 * s + 25) / 4 + first_case + (s + 1) * (s + 3) * u * min(kappa, cap)
 
 
+def layer_norm_affine_forward(s: int) -> float:
+    """Bound on ``x_hat * weight + bias`` formed in the working precision, for sums of growth
+    ``s``: ``(5s + 29)/4`` in eps x ``A``, with ``A = max|weight| max|x_hat| + max|bias|``.
+
+    :func:`layer_norm_forward` puts each computed ``x_hat_i`` within ``(5s + 25)/4 eps
+    max|x_hat|`` (weight 1, bias 0); the weight multiplies that by at most ``max|weight|``,
+    and the product and the sum round by at most ``u |weight_i x_hat_i|`` and ``u |y_i|``,
+    each at most ``u A`` (a fused multiply-add rounds once, less). To first order in ``u``
+    (chapter 7). The unit is ``A``, not ``max|y|``: a bias can make ``max|y|`` much smaller,
+    and the mean's error, a shift common to every ``x_hat_i``, is multiplied by a large weight
+    even where ``x_hat_i`` is near zero.
+    """
+    return (5 * s + 29) / 4
+
+
 def layer_norm_backward_dx(
     s: int, max_abs_x_hat: float, forward: float | None = None
 ) -> float:

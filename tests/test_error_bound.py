@@ -240,3 +240,42 @@ def test_backward_dx_bound_formula() -> None:
     # ((s + 5) + (s + 4) X) / 2 + F X (1 + X) + (2 + X)(1 + F), F = (5s + 25)/4 by default
     assert bounds.layer_norm_backward_dx(0, 0.0, 0.0) == 2.5 + 2
     assert bounds.layer_norm_backward_dx(28, 4.0) == (33 + 32 * 4) / 2 + 41.25 * 20 + 6 * 42.25
+
+
+def test_second_order_kappa_cap() -> None:
+    """About 2n + 1 for short rows, grown by 1 / (1 - (2n + 1)(s + 1) u), none past the limit."""
+    s, n = numpy_growth(768), 768
+    cap = bounds.second_order_kappa_cap(s, n)
+    assert cap == (2 * n + 1) / (1 - (2 * n + 1) * (s + 1) * U32)
+    assert 2 * n + 1 < cap < 1.01 * (2 * n + 1)
+    assert 1.3 < bounds.second_order_kappa_cap(numpy_growth(65536), 65536) / 131073 < 1.45
+    assert bounds.second_order_kappa_cap(2895, 2896) < math.inf
+    assert bounds.second_order_kappa_cap(4095, 4096) == math.inf
+    # layer_norm_forward with n caps kappa there
+    big = bounds.layer_norm_forward(s, 1e9, n=n) - bounds.layer_norm_forward(s, 0.0, n=n)
+    assert big == pytest.approx((s + 1) * U32 * 1e9 / 2 + (s + 1) * (s + 3) * U32 * cap)
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e2, 1e4])
+def test_affine_forward_bound_holds(offset: float) -> None:
+    """x_hat * weight + bias within (5s + 29)/4 eps A, A = max|w| max|x_hat| + max|b|, for a
+    large weight and a bias that cancels part of the output (both backends)."""
+    rng = np.random.default_rng(11)
+    n = 768
+    x = rng.normal(offset, 1.0, size=(64, n)).astype(np.float32)
+    weight = rng.uniform(-1000.0, 1000.0, n).astype(np.float32)
+    bias = (-weight * rng.normal(size=n)).astype(np.float32)
+    exact = errors.reference_layer_norm(x, n, weight, bias)
+    x_hat = errors.reference_layer_norm(x, n)
+    scale = np.abs(weight).max() * np.abs(x_hat).max() + np.abs(bias).max()
+    eps32 = 2 * U32
+    for name, growth, y in [
+        ("numpy", numpy_growth(n), lnorm.numpy.layer_norm(x, n, weight, bias)),
+        ("torch", any_order_growth(n), lnorm.torch.layer_norm(
+            torch.from_numpy(x), n, torch.from_numpy(weight), torch.from_numpy(bias)).numpy()),
+    ]:
+        kappa = float(np.sqrt(1 + x.astype(np.float64).mean(-1) ** 2
+                              / x.astype(np.float64).var(-1)).max())
+        second = bounds.layer_norm_forward(growth, kappa, n=n) - bounds.layer_norm_forward(growth)
+        limit = (bounds.layer_norm_affine_forward(growth) + second) * eps32 * scale
+        assert np.abs(y.astype(np.float64) - exact).max() <= limit, name

@@ -68,10 +68,10 @@ def layer_norm_forward(
       the sum for ``m2`` is exact in any order and only the division by N
       rounds: the term is ``u |e1| rstd``, at most ``(s + 1) u kappa / 2``
       units;
-    - otherwise ``kappa <= (2N + 1) / (1 - (2N + 1)(s + 1) u)`` (about ``2N``),
-      and the general term, with ``e1`` rounded in the subtraction, the sum
-      and the division, is at most ``(s + 1)(s + 3) u kappa`` units: 0.11 at
-      N = 1024, 0.50 at N = 4096, 10.1 at N = 65536 (NumPy's ``s``).
+    - otherwise the general term, with ``e1`` rounded in the subtraction, the
+      sum and the division, is at most ``(s + 1)(s + 3) u kappa`` units, and
+      ``kappa`` is at most :func:`second_order_kappa_cap` (about ``2N + 1``):
+      0.11 units at N = 1024, 0.51 at N = 4096, 13.9 at N = 65536 (NumPy's ``s``).
 
     Without ``n`` the function adds the first case's term only (the values
     chapters 3-10 quote); with the row length ``n`` it adds both terms, the
@@ -80,8 +80,7 @@ def layer_norm_forward(
     first_case = (s + 1) * u * kappa / 2
     if n is None:
         return (5 * s + 25) / 4 + first_case
-    shrink = 1 - (2 * n + 1) * (s + 1) * u
-    cap = (2 * n + 1) / shrink if shrink > 0 else math.inf
+    cap = second_order_kappa_cap(s, n, u)
     return (5 * s + 25) / 4 + first_case + (s + 1) * (s + 3) * u * min(kappa, cap)
 
 
@@ -98,6 +97,23 @@ def layer_norm_affine_forward(s: int) -> float:
     even where ``x_hat_i`` is near zero.
     """
     return (5 * s + 29) / 4
+
+
+def second_order_kappa_cap(s: int, n: int, u: float = U32) -> float:
+    """The largest ``kappa`` of a row of ``n`` that is not far from zero mean: the second case.
+
+    There ``sum|x_i - m1| >= |m1|/2`` with ``sum|x_i - m1| <= n (sigma + |e1|)``, so
+    ``|mu| <= 2n sigma + (2n + 1)|e1|``; with ``|e1| <= (s + 1) u sigma kappa`` and
+    ``kappa <= 1 + |mu|/sigma``::
+
+        kappa <= (2n + 1) / (1 - (2n + 1)(s + 1) u)      if (2n + 1)(s + 1) u < 1,
+
+    about ``2n + 1`` for short rows and NumPy's ``s`` (the factor is 1.38 at
+    n = 65536), and no cap (``inf``) when the condition fails: with ``s = n - 1``
+    beyond ``n`` of about 2900 (chapter 4, the dropdown on the second-order term).
+    """
+    shrink = 1 - (2 * n + 1) * (s + 1) * u
+    return (2 * n + 1) / shrink if shrink > 0 else math.inf
 
 
 def layer_norm_backward_dx(

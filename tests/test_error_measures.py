@@ -61,3 +61,32 @@ def test_assert_close_normwise() -> None:
         )
     with pytest.raises(AssertionError):
         errors.assert_close_normwise(np.array([np.nan]), np.array([1.0]))
+
+
+def test_torch_limit_holds_on_rows_of_three_kinds() -> None:
+    """torch's float32 kernel within errors.torch_limit on Gaussian, uniform and two-valued rows
+    at means just above a power of two (where an ulp of the mean is largest relative to it)."""
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(3)
+    eps32 = float(np.finfo(np.float32).eps)
+    n = 256
+    for mean in (2.0**4 * 1.0001, 2.0**11 * 1.0001, 2.0**14 * 1.3):
+        for base in (rng.normal(size=(32, n)), rng.uniform(-1, 1, (32, n)),
+                     np.where(np.arange(n) % 2 == 0, 1.0, -1.0) + 1e-3 * rng.normal(size=(32, n))):
+            x = (mean + base).astype(np.float32)
+            exact = errors.reference_layer_norm(x, n)
+            y = F.layer_norm(torch.from_numpy(x), (n,)).double().numpy()
+            x64 = x.astype(np.float64)
+            kappa = np.sqrt(1 + x64.mean(-1) ** 2 / (x64.var(-1) + 1e-5))
+            for row in range(x.shape[0]):
+                err = np.abs(y[row] - exact[row]).max() / eps32
+                assert err <= errors.torch_limit(np.abs(exact[row]).max(), kappa[row])
+
+
+def test_one_rule_atol_is_twice_the_limit() -> None:
+    eps32 = float(np.finfo(np.float32).eps)
+    assert errors.one_rule_atol(4.0, 10.0) == (4 * 4.0 + 6 * 10.0) * eps32
+    assert errors.torch_limit_units(4.0, 10.0) == 2 + 3 * 10.0 / 4.0
+    assert errors.one_rule_atol(4.0, 10.0, output_eps=2.0**-10) == (
+        (4 * 4.0 + 6 * 10.0) * eps32 + 4.0 * 2.0**-10)

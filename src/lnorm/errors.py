@@ -189,3 +189,39 @@ def assert_close_normwise(actual: object, expected: object, max_eps_units: float
             f"error {measured:.3g} eps x max|expected| exceeds the bound of {max_eps_units:g} "
             f"({compare(actual, expected)})"
         )
+
+
+#: The largest error of a float32 row mean that chapter 3 measured for torch's kernel and the
+#: textbook two-pass LayerNorm, in ulps of the mean (2.44 over Gaussian, uniform and two-valued
+#: rows, N from 16 to 65536, means up to 4e6, under torch's AVX-512, AVX2 and portable builds),
+#: rounded up to 3 for a margin. A measurement, not a derived bound.
+MEAN_ERROR_ULPS = 3.0
+
+
+def torch_limit(max_abs_y: float, kappa: float, max_abs_weight: float = 1.0) -> float:
+    """The measured limit of a float32 LayerNorm that subtracts a rounded mean once (torch's
+    kernel, the textbook two-pass), in float32 eps, absolute (chapter 3, "The limit measured"):
+    ``2 max|y| + 3 kappa max|weight|``.
+
+    A mean off by ``c`` ulps of the mean, each at most ``eps |mean|``, shifts every ``x_hat_i``
+    by at most ``c eps |mean| / sigma <= c eps kappa``, and the weight scales that shift;
+    the rest of the error, measured, stays below two units of ``eps max|y|``.
+    """
+    return 2.0 * max_abs_y + MEAN_ERROR_ULPS * kappa * max_abs_weight
+
+
+def torch_limit_units(max_abs_y: float, kappa: float, max_abs_weight: float = 1.0) -> float:
+    """:func:`torch_limit` in units of ``eps max|y|``: ``2 + 3 kappa max|weight| / max|y|``."""
+    return torch_limit(max_abs_y, kappa, max_abs_weight) / max_abs_y
+
+
+def one_rule_atol(max_abs_y: float, kappa: float, max_abs_weight: float = 1.0,
+                  output_eps: float = 0.0) -> float:
+    """Chapter 3's one rule: the ``atol`` (with ``rtol=0``) for comparing two float32
+    LayerNorms of this kind, twice :func:`torch_limit` in absolute terms, plus ``output_eps
+    max|y|`` for an output rounded to a 16-bit dtype (``output_eps`` its machine epsilon)::
+
+        atol = (4 max|y| + 6 kappa max|weight|) eps32 + output_eps max|y|
+    """
+    eps32 = float(np.finfo(np.float32).eps)
+    return 2.0 * torch_limit(max_abs_y, kappa, max_abs_weight) * eps32 + output_eps * max_abs_y

@@ -121,7 +121,8 @@ INSPECT = r"""async () => {
   const images = Array.from(document.images);
   images.forEach((img) => { img.loading = "eager"; });
   await Promise.all(images.map((img) => img.decode().catch(() => null)));
-  const hidden = "script, style, noscript, template, pre, code, kbd, samp, mjx-container, mjx-assistive-mml, .highlight";
+  const hidden = "script, style, noscript, template, pre, code, kbd, samp, mjx-container, "
+    + "mjx-assistive-mml, .highlight";
   const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
   const texts = [];
   for (let node = walker.nextNode(); node; node = walker.nextNode()) {
@@ -131,13 +132,18 @@ INSPECT = r"""async () => {
   }
   return {
     rendered: document.querySelectorAll("mjx-container").length,
-    // TeX that MathJax set as literal text (\text{rel\_tol} without textmacros), read in its MathML
+    // TeX that MathJax set as literal text (\text{rel\_tol} without textmacros),
+    // read in its MathML
     texInMath: Array.from(document.querySelectorAll("mjx-assistive-mml"))
-      .map((mml) => Array.from(mml.querySelectorAll("mtext, mi, mo")).map((e) => e.textContent).join(" "))
+      .map((mml) =>
+        Array.from(mml.querySelectorAll("mtext, mi, mo")).map((e) => e.textContent).join(" "))
       .filter((text) => text.includes("\\")),
-    mathErrors: Array.from(document.querySelectorAll("mjx-merror, [data-mjx-error]")).map((e) => e.textContent),
+    mathErrors: Array.from(document.querySelectorAll("mjx-merror, [data-mjx-error]"))
+      .map((e) => e.textContent),
     text: texts.join(" "),
-    brokenImages: images.filter((img) => !img.complete || img.naturalWidth === 0).map((img) => img.src),
+    brokenImages: images
+      .filter((img) => !img.complete || img.naturalWidth === 0)
+      .map((img) => img.src),
   };
 }"""
 
@@ -151,13 +157,25 @@ OVERFLOW = """() => {
       if (box.right > width + 1 && el.checkVisibility()) {
         let scroller = el.parentElement, clipped = false;
         for (; scroller && scroller !== document.body; scroller = scroller.parentElement) {
-          if (["auto", "scroll", "hidden", "clip"].includes(getComputedStyle(scroller).overflowX)) { clipped = true; break; }
+          if (
+            ["auto", "scroll", "hidden", "clip"].includes(getComputedStyle(scroller).overflowX)
+          ) {
+            clipped = true;
+            break;
+          }
         }
-        if (!clipped) culprits.push(el.tagName.toLowerCase() + (el.className ? "." + String(el.className).split(" ")[0] : ""));
+        if (!clipped) {
+          culprits.push(el.tagName.toLowerCase()
+            + (el.className ? "." + String(el.className).split(" ")[0] : ""));
+        }
       }
     }
   }
-  return {scrollWidth: document.documentElement.scrollWidth, width, culprits: [...new Set(culprits)].slice(0, 5)};
+  return {
+    scrollWidth: document.documentElement.scrollWidth,
+    width,
+    culprits: [...new Set(culprits)].slice(0, 5),
+  };
 }"""
 
 # Run in the page (dark mode): figures whose image is neither on a light background nor lightened.
@@ -200,7 +218,9 @@ WIDE_CONTENT = r"""() => {
   }
   for (const pre of article.querySelectorAll("pre")) {  // code and outputs, folded ones included
     if (pre.scrollWidth > pre.clientWidth + 1) {
-      wide.push(`code ${pre.scrollWidth} px in ${pre.clientWidth}: ${pre.textContent.trim().slice(0, 60)}`);
+      wide.push(
+        `code ${pre.scrollWidth} px in ${pre.clientWidth}: ${pre.textContent.trim().slice(0, 60)}`
+      );
     }
   }
   const tracebacks = article.querySelectorAll(".output.traceback").length
@@ -246,7 +266,9 @@ def browser() -> Iterator[object]:
             "no chromium, chromium-browser or google-chrome on the PATH "
             "(Debian: apt-get install chromium)"
         )
-    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (requirements.txt)")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="Playwright is not installed (requirements.txt)"
+    )
     with sync_api.sync_playwright() as playwright:
         try:
             chromium = playwright.chromium.launch(

@@ -24,7 +24,9 @@ import lnorm.torch
 
 #: Triton has Linux wheels only: elsewhere its tests are skipped, with this reason.
 HAVE_TRITON = importlib.util.find_spec("triton") is not None
-NO_TRITON = "Triton is not installed (it ships wheels for Linux only): its backend is not tested here"
+NO_TRITON = (
+    "Triton is not installed (it ships wheels for Linux only): its backend is not tested here"
+)
 if HAVE_TRITON:
     import lnorm.triton
 
@@ -88,7 +90,8 @@ def torch_backend_name(request: pytest.FixtureRequest) -> str:
 
 @st.composite
 def layer_norm_cases(draw: st.DrawFn, dtypes: tuple[torch.dtype, ...]) -> dict:
-    """An input, its normalized_shape in one of its accepted spellings, optional weight/bias, and eps."""
+    """An input, its normalized_shape in one of its accepted spellings, optional weight/bias,
+    and eps."""
     batch_shape = draw(st.lists(st.integers(0, 4), max_size=2))
     normalized_shape = tuple(draw(st.lists(st.integers(1, 9), min_size=1, max_size=3)))
     if draw(st.booleans()):  # one long row: reductions that block or tree-sum kick in

@@ -33,7 +33,10 @@ def parameter_gradient_errors(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(|actual - exact|, tolerance) per column, for a parameter gradient ``actual`` whose exact
     value is ``terms.sum(0)`` (terms = dy x_hat for dweight, dy for dbias; float64, all rows)."""
-    dy, terms = dy.double().reshape(-1, terms.shape[-1]), terms.double().reshape(-1, terms.shape[-1])
+    dy, terms = (
+        dy.double().reshape(-1, terms.shape[-1]),
+        terms.double().reshape(-1, terms.shape[-1]),
+    )
     exact = terms.sum(0)
     compute = torch.float64 if actual.dtype == torch.float64 else torch.float32
     u = unit_roundoff(compute)

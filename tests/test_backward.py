@@ -1,4 +1,5 @@
-"""The backward pass of every backend agrees with autograd through torch.nn.functional.layer_norm."""
+"""The backward pass of every backend agrees with autograd through
+torch.nn.functional.layer_norm."""
 
 from __future__ import annotations
 
@@ -185,7 +186,9 @@ def test_numpy_backward_rejects_a_mismatched_dy() -> None:
 @pytest.mark.parametrize("backend_name", sorted(BACKWARDS))
 @pytest.mark.parametrize("offset", [0.0, 1e2, 1e4, 1e6])
 @pytest.mark.parametrize("n", [16, 768, 4096])
-def test_float32_gradients_accurate_at_any_offset(backend_name: str, offset: float, n: int) -> None:
+def test_float32_gradients_accurate_at_any_offset(
+    backend_name: str, offset: float, n: int
+) -> None:
     rng = np.random.default_rng(n)
     x = torch.from_numpy(rng.normal(offset, 1.0, size=(64, n)).astype(np.float32))
     weight = torch.from_numpy(rng.normal(1.0, 0.5, size=n).astype(np.float32))
@@ -193,7 +196,9 @@ def test_float32_gradients_accurate_at_any_offset(backend_name: str, offset: flo
     dy = torch.from_numpy(rng.normal(size=(64, n)).astype(np.float32))
     case = dict(x=x, normalized_shape=n, weight=weight, bias=bias, eps=1e-5)
     ours = BACKWARDS[backend_name](dy, **case)
-    for name, actual, reference in zip(("dx", "dweight", "dbias"), ours, float64_gradients(case, dy)):
+    for name, actual, reference in zip(
+        ("dx", "dweight", "dbias"), ours, float64_gradients(case, dy)
+    ):
         assert errors.eps_units(actual, reference) <= 2, name
 
 

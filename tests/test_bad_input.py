@@ -68,7 +68,12 @@ W4 = torch.ones(4)
         ),
         ((X, (4,), W4.half()), {}, TypeError, r"weight has dtype float16"),
         ((X, (4,), None, W4.long()), {}, TypeError, r"bias has dtype int64"),
-        ((X.double(), (4,), W4), {}, TypeError, r"input of dtype float64 needs float64 parameters"),
+        (
+            (X.double(), (4,), W4),
+            {},
+            TypeError,
+            r"input of dtype float64 needs float64 parameters",
+        ),
         ((X.half(), (4,), W4.double()), {}, TypeError, r"needs float16 or float32 parameters"),
         ((X, (4,)), {"eps": -1e-5}, ValueError, r"eps must be finite and >= 0"),
         ((X, (4,)), {"eps": float("nan")}, ValueError, r"eps must be finite"),
@@ -127,7 +132,9 @@ def test_accepts_exactly_the_dtype_combinations_torch_accepts(
 
 
 def test_weight_and_bias_of_different_dtypes_are_rejected(layer_norm) -> None:
-    with pytest.raises(TypeError, match="weight and bias must have the same dtype, got float16 and float32"):
+    with pytest.raises(
+        TypeError, match="weight and bias must have the same dtype, got float16 and float32"
+    ):
         layer_norm(X.half(), 4, W4.half(), W4)
 
 

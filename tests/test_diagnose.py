@@ -180,7 +180,9 @@ def test_eps_mismatch_estimates_the_eps_used(bug: str, used: float) -> None:
 
 def test_eps_outside_estimates_the_eps_added_to_std() -> None:
     evidence = diagnose.check(hand_written("eps_outside")).findings[0].evidence
-    assert evidence["estimated eps (added to std)"] == pytest.approx(evidence["eps passed"], rel=1e-2)
+    assert evidence["estimated eps (added to std)"] == pytest.approx(
+        evidence["eps passed"], rel=1e-2
+    )
 
 
 def test_one_pass_evidence_is_quadratic_growth() -> None:

@@ -39,7 +39,8 @@ numpy_growth = bounds.numpy_sum_growth
 
 
 def any_order_growth(n: int) -> int:
-    """Any order of n - 1 additions (torch's reductions, whatever their vector width or threads)."""
+    """Any order of n - 1 additions (torch's reductions, whatever their vector width
+    or threads)."""
     return max(n - 1, 0)
 
 
@@ -64,7 +65,11 @@ def bound_in_eps_units(row: np.ndarray, s: int, eps: float) -> float:
 def adversarial_rows(draw: st.DrawFn) -> np.ndarray:
     n = draw(st.sampled_from([1, 2, 3, 7, 8, 100, 129, 768, 1000, 4096]))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    kind = draw(st.sampled_from(["normal", "two values", "one outlier", "near eps", "binades", "integers"]))
+    kind = draw(
+        st.sampled_from(
+            ["normal", "two values", "one outlier", "near eps", "binades", "integers"]
+        )
+    )
     spread = 10.0 ** draw(st.integers(-3, 3))
     if kind == "normal":
         row = rng.normal(0.0, spread, n)
@@ -96,7 +101,9 @@ def test_numpy_backend_within_the_derived_bound(row: np.ndarray, eps: float) -> 
 def test_torch_backend_within_the_derived_bound(row: np.ndarray, eps: float) -> None:
     reference = errors.reference_layer_norm(row[None, :], row.size, eps=eps)
     y = lnorm.torch.layer_norm(torch.from_numpy(row[None, :]), row.size, eps=eps)
-    assert errors.eps_units(y, reference) <= bound_in_eps_units(row, any_order_growth(row.size), eps)
+    assert errors.eps_units(y, reference) <= bound_in_eps_units(
+        row, any_order_growth(row.size), eps
+    )
 
 
 def test_the_bound_is_far_above_what_random_rows_reach() -> None:

@@ -54,7 +54,9 @@ def test_float64_reference_agrees_with_mpmath_at_a_large_offset() -> None:
 
 def test_assert_close_normwise() -> None:
     expected = np.array([1.0, 0.0, -2.0])
-    errors.assert_close_normwise(np.float32(expected + [0, 2.0**-22, 0]), expected, max_eps_units=1)
+    errors.assert_close_normwise(
+        np.float32(expected + [0, 2.0**-22, 0]), expected, max_eps_units=1
+    )
     with pytest.raises(AssertionError, match="exceeds the bound of 0.5"):
         errors.assert_close_normwise(
             np.float32(expected + [0, 2.0**-22, 0]), expected, max_eps_units=0.5

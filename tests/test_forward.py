@@ -39,7 +39,9 @@ def test_matches_torch_layer_norm(backend_name: str, data: st.DataObject) -> Non
     # defaults. (Not against torch's kernel in the input's dtype: on tiny-variance rows it is
     # the less accurate of the two.)
     expected = torch_layer_norm(case, in_float64=True, rounded=False)
-    torch.testing.assert_close(y.double(), expected, rtol=0, atol=_output_tolerance(case, expected))
+    torch.testing.assert_close(
+        y.double(), expected, rtol=0, atol=_output_tolerance(case, expected)
+    )
 
 
 def _output_tolerance(case: dict, expected: torch.Tensor) -> float:
@@ -53,7 +55,9 @@ def _output_tolerance(case: dict, expected: torch.Tensor) -> float:
     if expected.numel() == 0:
         return 0.0
     x = case["x"].double()
-    x_hat = torch_layer_norm({**case, "weight": None, "bias": None}, in_float64=True, rounded=False)
+    x_hat = torch_layer_norm(
+        {**case, "weight": None, "bias": None}, in_float64=True, rounded=False
+    )
     weight = 1.0 if case["weight"] is None else float(case["weight"].double().abs().max())
     bias = 0.0 if case["bias"] is None else float(case["bias"].double().abs().max())
     scale = float(x_hat.abs().max()) * weight + bias
@@ -112,7 +116,9 @@ def test_nan_and_inf_poison_only_their_row(layer_norm, bad: float) -> None:
 @pytest.mark.parametrize(
     "shape, normalized_shape", [((0, 4), (4,)), ((3, 0), (0,)), ((2, 0, 5), (5,)), ((0,), (0,))]
 )
-def test_empty_inputs_give_empty_outputs(layer_norm, backend_name, shape, normalized_shape) -> None:
+def test_empty_inputs_give_empty_outputs(
+    layer_norm, backend_name, shape, normalized_shape
+) -> None:
     for dtype in DTYPES[backend_name]:
         x = torch.empty(shape, dtype=dtype)
         y = layer_norm(x, normalized_shape)

@@ -15,7 +15,8 @@ ALGORITHMS = ["one_pass", "two_pass", "welford", "pairwise", "corrected_two_pass
 
 
 def exact_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and variance of float32 data computed in float64: exact to far below float32 rounding."""
+    """Mean and variance of float32 data computed in float64: exact to far below float32
+    rounding."""
     x64 = x.astype(np.float64)
     mean = x64.mean(axis=-1, keepdims=True)
     return mean, ((x64 - mean) ** 2).mean(axis=-1, keepdims=True)

@@ -74,7 +74,11 @@ def _output_lines(cell: dict) -> list[str]:
 def test_executed_with_a_kernel(notebook: Path) -> None:
     meta = json.loads(notebook.read_text(encoding="utf-8"))["metadata"]
     assert "kernelspec" in meta, "no kernelspec: commit the notebook executed"
-    never_run = [i for i, c in enumerate(_code(notebook)) if _source(c).strip() and c["execution_count"] is None]
+    never_run = [
+        i
+        for i, c in enumerate(_code(notebook))
+        if _source(c).strip() and c["execution_count"] is None
+    ]
     assert not never_run, f"code cells never executed: {never_run}"
 
 
@@ -87,7 +91,8 @@ def test_checks_are_folded(notebook: Path) -> None:
     for index, cell in enumerate(_code(notebook)):
         if "hide-cell" in _tags(cell):
             assert cell["metadata"].get("jupyter", {}).get("source_hidden") is True, (
-                f"cell {index} is folded in the HTML but not in JupyterLab: set jupyter.source_hidden"
+                f"cell {index} is folded in the HTML but not in JupyterLab: "
+                "set jupyter.source_hidden"
             )
 
 
@@ -115,7 +120,9 @@ def test_code_fits_the_page(notebook: Path) -> None:
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
 def test_caveats_said_once(notebook: Path) -> None:
     hedges = HEDGES.findall(_prose(notebook))
-    assert len(hedges) <= 2, f"{len(hedges)} hedge phrases ({hedges}): the intro says the caveat once"
+    assert len(hedges) <= 2, (
+        f"{len(hedges)} hedge phrases ({hedges}): the intro says the caveat once"
+    )
 
 
 def test_the_book_keeps_its_checks_and_its_code() -> None:
@@ -124,5 +131,8 @@ def test_the_book_keeps_its_checks_and_its_code() -> None:
     assert _asserts(every_code_cell) >= MIN_ASSERTS, "checks were lost, not folded"
     assert _asserts(visible) <= MAX_VISIBLE_ASSERTS
     assert len(visible) >= MIN_VISIBLE_CODE_CELLS, "the teaching code was folded with the checks"
-    prose = "".join(_prose(nb) for nb in NOTEBOOKS) + (BOOK / "intro.md").read_text(encoding="utf-8")
+    prose = (
+        "".join(_prose(nb) for nb in NOTEBOOKS)
+        + (BOOK / "intro.md").read_text(encoding="utf-8")
+    )
     assert len(HEDGES.findall(prose)) <= MAX_HEDGES

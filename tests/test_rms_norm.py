@@ -31,7 +31,8 @@ if HAVE_TRITON:
     import lnorm.triton
 from gradient_tolerances import within_bounds
 
-# torch warns when a float16/bfloat16 input meets a float32 weight (no fused kernel): expected here.
+# torch warns when a float16/bfloat16 input meets a float32 weight (no fused kernel):
+# expected here.
 pytestmark = pytest.mark.filterwarnings("ignore:Mismatch dtype between input and weight")
 
 
@@ -87,7 +88,8 @@ def rms_backend(request: pytest.FixtureRequest) -> str:
 
 @st.composite
 def rms_norm_cases(draw: st.DrawFn, dtypes: tuple[torch.dtype, ...]) -> dict:
-    """conftest.layer_norm_cases without the bias, and with eps=None (torch's default) among the eps."""
+    """conftest.layer_norm_cases without the bias, and with eps=None (torch's default)
+    among the eps."""
     case = draw(layer_norm_cases(dtypes))
     del case["bias"]
     case["eps"] = draw(st.sampled_from([None, case["eps"]]))
@@ -95,10 +97,13 @@ def rms_norm_cases(draw: st.DrawFn, dtypes: tuple[torch.dtype, ...]) -> dict:
 
 
 def resolved_eps(x: torch.Tensor, eps: float | None) -> float:
-    """torch's eps=None: the machine epsilon of the dtype computed in (float32 for 16-bit inputs)."""
+    """torch's eps=None: the machine epsilon of the dtype computed in (float32 for
+    16-bit inputs)."""
     if eps is not None:
         return eps
-    return torch.finfo(torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype).eps
+    return torch.finfo(
+        torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    ).eps
 
 
 def float64_rms_norm(case: dict) -> torch.Tensor:
@@ -191,7 +196,9 @@ def test_mixed_dtypes_follow_torch_rms_norm(rms_backend: str, x_dtype, weight_dt
         assert actual.dtype == reference.dtype, name
         last_place = 4 * torch.finfo(reference.dtype).eps * float(reference.double().abs().max())
         atol = last_place + 16 * compute_eps * scales[name]
-        torch.testing.assert_close(actual.double(), reference.double(), rtol=0, atol=atol, msg=name)
+        torch.testing.assert_close(
+            actual.double(), reference.double(), rtol=0, atol=atol, msg=name
+        )
 
     close(y, expected, "y")
     expected_grads = torch_rms_norm_backward(dy, x, 64, weight, eps)
@@ -340,7 +347,9 @@ def test_gradients_match_float64_autograd(backend_name: str, data: st.DataObject
     grads = RMS_NORM_BACKWARDS[backend_name](dy, **case)
     eps = resolved_eps(x, case["eps"])
     wide = None if weight is None else weight.double()
-    expected = torch_rms_norm_backward(dy.double(), x.double(), case["normalized_shape"], wide, eps)
+    expected = torch_rms_norm_backward(
+        dy.double(), x.double(), case["normalized_shape"], wide, eps
+    )
     # The error of each gradient scales with the numbers it is computed from (as for LayerNorm):
     # dx with max rstd * max |dy * weight|, dweight with the sum over rows of |dy * x_hat|.
     rows = x.double().reshape(-1, int(np.prod(_shape_tuple(case["normalized_shape"]))))
@@ -348,7 +357,9 @@ def test_gradients_match_float64_autograd(backend_name: str, data: st.DataObject
         scales = (0.0, 0.0)
     else:
         x_hat, rstd = moments.rms_normalize(rows, eps)
-        g = dy.double().reshape(rows.shape) * (1 if weight is None else weight.double().reshape(-1))
+        g = dy.double().reshape(rows.shape) * (
+            1 if weight is None else weight.double().reshape(-1)
+        )
         scales = (
             float(rstd.max() * g.abs().max()),
             float((dy.double().reshape(rows.shape) * x_hat).abs().sum(dim=0).max()),
@@ -376,14 +387,18 @@ def test_gradcheck_in_float64(
 ) -> None:
     rms_norm = RMS_NORMS[torch_backend_name]
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(3, *normalized_shape, dtype=torch.float64, generator=generator).requires_grad_()
+    x = torch.randn(
+        3, *normalized_shape, dtype=torch.float64, generator=generator
+    ).requires_grad_()
     weight = (
         torch.randn(normalized_shape, dtype=torch.float64, generator=generator).requires_grad_()
         if affine
         else None
     )
     inputs = (x, weight) if affine else (x,)
-    assert torch.autograd.gradcheck(lambda x, w=None: rms_norm(x, normalized_shape, w, eps), inputs)
+    assert torch.autograd.gradcheck(
+        lambda x, w=None: rms_norm(x, normalized_shape, w, eps), inputs
+    )
 
 
 def test_double_backward_raises_a_clear_error(torch_backend_name: str) -> None:
@@ -512,7 +527,8 @@ needs_triton = pytest.mark.skipif(not HAVE_TRITON, reason=NO_TRITON)
 
 
 def _triton_gradients(x, weight, dy, wanted=(True, True), rms_norm=None) -> tuple:
-    """The gradients asked for (``wanted``: x, weight) of ``rms_norm`` (lnorm.triton's by default)."""
+    """The gradients asked for (``wanted``: x, weight) of ``rms_norm``
+    (lnorm.triton's by default)."""
     rms_norm = rms_norm or RMS_NORMS["triton"]
     leaves = [t.clone().requires_grad_(w) for t, w in zip((x, weight), wanted)]
     y = rms_norm(leaves[0], x.shape[-1], leaves[1])

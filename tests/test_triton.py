@@ -29,7 +29,9 @@ triton_backward = autograd_backward(lnorm.triton.layer_norm)
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
 @pytest.mark.parametrize("n", [1, 5, 16, 37])
-def test_both_kernel_paths_match_torch(triton_block_bytes: int, dtype: torch.dtype, n: int) -> None:
+def test_both_kernel_paths_match_torch(
+    triton_block_bytes: int, dtype: torch.dtype, n: int
+) -> None:
     generator = torch.Generator().manual_seed(n)
     x = (torch.randn(6, n, generator=generator) * 2 + 3).to(dtype)
     weight, bias = (
@@ -167,7 +169,8 @@ def test_backward_programs_without_rows(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 @pytest.mark.parametrize(
-    "wanted", [(True, False, False), (False, True, False), (False, False, True), (False, True, True)]
+    "wanted",
+    [(True, False, False), (False, True, False), (False, False, True), (False, True, True)],
 )
 def test_backward_computes_only_the_gradients_asked_for(
     wanted: tuple[bool, bool, bool], monkeypatch: pytest.MonkeyPatch
@@ -204,7 +207,10 @@ def test_parameter_gradients_of_many_rows(
     generator = torch.Generator().manual_seed(m)
     x = (torch.randn(m, n, generator=generator) * 2 + 3).to(dtype)
     dy = (torch.randn(m, n, generator=generator) + 0.5).to(dtype)
-    weight, bias = torch.rand(n, generator=generator).to(dtype), torch.randn(n, generator=generator).to(dtype)
+    weight, bias = (
+        torch.rand(n, generator=generator).to(dtype),
+        torch.randn(n, generator=generator).to(dtype),
+    )
     ours = _gradients(_triton(n), x, weight, bias, dy)
     # the bound of each sum (tests/gradient_tolerances.py): its final rounding to the dtype and
     # the summation's growth factor times the summed magnitudes, in the compute dtype
@@ -247,7 +253,9 @@ def test_parameter_gradient_error_does_not_grow_with_the_rows() -> None:
     weight, bias = torch.rand(n, generator=generator) + 0.5, torch.randn(n, generator=generator)
     _, dbias = _gradients(_triton(n), x, weight, bias, dy, (False, True, True))
     u = 2.0**-24
-    error_units = ((dbias.double() - dy.double().sum(0)).abs() / dy.double().abs().sum(0)).max() / u
+    error_units = (
+        ((dbias.double() - dy.double().sum(0)).abs() / dy.double().abs().sum(0)).max() / u
+    )
     assert error_units <= 10 < torch.log2(torch.tensor(m)).item()
 
 
@@ -348,6 +356,7 @@ def test_the_operators_are_registered() -> None:
     torch.testing.assert_close(y, F.layer_norm(x, (8,)))
     torch.testing.assert_close(mean_hi + mean_lo, x.mean(-1))
     torch.library.opcheck(
-        torch.ops.lnorm.rms_norm_forward, (x, torch.rand(8, dtype=torch.float64), 8, 1e-6, x.dtype),
+        torch.ops.lnorm.rms_norm_forward,
+        (x, torch.rand(8, dtype=torch.float64), 8, 1e-6, x.dtype),
         test_utils=("test_schema", "test_faketensor"),
     )

@@ -141,7 +141,8 @@ def layer_norm_backward_dx(
 
 
 def rms_norm_forward(s: int) -> float:
-    """Bound on an RMSNorm forward error, in eps x max|y|, for sums of growth ``s``: ``(s + 11)/4``.
+    """Bound on an RMSNorm forward error, in eps x max|y|, for sums of growth ``s``:
+    ``(s + 11)/4``.
 
     The mean of squares has relative error at most ``(s + 2) u`` (no
     cancellation), ``x_hat`` at most ``(s + 9) u / 2`` and the product with the

@@ -138,7 +138,8 @@ def compare(actual: object, expected: object) -> Comparison:
 def reference_layer_norm(
     x: object, normalized_shape, weight: object = None, bias: object = None, eps: float = 1e-5
 ) -> np.ndarray:
-    """LayerNorm of the exact input values, computed in float64 (see the module docstring for when that suffices)."""
+    """LayerNorm of the exact input values, computed in float64 (see the module docstring for
+    when that suffices)."""
 
     def wide(a: object) -> np.ndarray | None:
         return None if a is None else as_numpy(a).astype(np.float64)
@@ -164,7 +165,8 @@ def reference_rms_norm(
 
 
 def exact_layer_norm(row: object, eps: float = 1e-5, digits: int = 60) -> np.ndarray:
-    """LayerNorm of one row, computed with ``digits`` decimal digits in mpmath and rounded once to float64."""
+    """LayerNorm of one row, computed with ``digits`` decimal digits in mpmath and rounded once
+    to float64."""
     with mpmath.workdps(digits):
         values = [mpmath.mpf(float(v)) for v in as_numpy(row).astype(np.float64).ravel()]
         n = len(values)
@@ -175,7 +177,8 @@ def exact_layer_norm(row: object, eps: float = 1e-5, digits: int = 60) -> np.nda
 
 
 def assert_close_normwise(actual: object, expected: object, max_eps_units: float = 4.0) -> None:
-    """Raise ``AssertionError`` unless max|actual - expected| <= max_eps_units × eps × max|expected|.
+    """Raise ``AssertionError`` unless
+    max|actual - expected| <= max_eps_units × eps × max|expected|.
 
     A normwise tolerance scales with the largest output, so outputs near zero get the
     same absolute allowance as the rest. The default ``4`` is twice the envelope measured

@@ -88,9 +88,9 @@ class CompiledKernel:
 def signature_of(kernel, args: dict, constants: dict) -> tuple[dict, dict, dict]:
     """(signature, constexprs, attrs) for ``triton.compiler.ASTSource``, as Triton's launcher
     would specialize these argument values: tensors become typed pointers, hinted 16-byte
-    aligned when they are (torch's allocations are; a view at an odd offset is not); an int equal to 1 becomes the constant 1; an int
-    divisible by 16 gets the divisibility hint that lets loads vectorize; parameters marked
-    ``do_not_specialize`` get neither."""
+    aligned when they are (torch's allocations are; a view at an odd offset is not); an int
+    equal to 1 becomes the constant 1; an int divisible by 16 gets the divisibility hint that
+    lets loads vectorize; parameters marked ``do_not_specialize`` get neither."""
     signature, constexprs, attrs = {}, dict(constants), {}
     for index, param in enumerate(kernel.params):
         name = param.name
@@ -124,7 +124,9 @@ def _aligned_16(t: torch.Tensor) -> bool:
     return offset_aligned if t.device.type == "meta" else t.data_ptr() % 16 == 0
 
 
-def compile_to_ptx(kernel, args: dict, constants: dict, num_warps: int, capability: int = 90) -> str:
+def compile_to_ptx(
+    kernel, args: dict, constants: dict, num_warps: int, capability: int = 90
+) -> str:
     """The PTX of ``kernel`` for an NVIDIA GPU of this compute capability (90: H100)."""
     return compile_kernel(kernel, args, constants, num_warps, capability)[0]
 
@@ -163,7 +165,10 @@ def register_usage(ptx: str, arch: str = "sm_90a") -> tuple[int, int]:
         source = Path(folder) / "kernel.ptx"
         source.write_text(ptx)
         result = subprocess.run(
-            [ptxas_path(), "-v", "--gpu-name", arch, str(source), "-o", str(source.with_suffix(".cubin"))],
+            [
+                ptxas_path(), "-v", "--gpu-name", arch,
+                str(source), "-o", str(source.with_suffix(".cubin")),
+            ],
             capture_output=True,
             text=True,
             check=True,
@@ -384,7 +389,8 @@ def _same_compile(a, b) -> bool:
         a.kernel is b.kernel
         and a.constants == b.constants
         and a.num_warps == b.num_warps
-        and signature_of(a.kernel, a.args, a.constants) == signature_of(b.kernel, b.args, b.constants)
+        and signature_of(a.kernel, a.args, a.constants)
+        == signature_of(b.kernel, b.args, b.constants)
     )
 
 

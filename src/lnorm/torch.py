@@ -95,7 +95,8 @@ class LayerNormFunction(torch.autograd.Function):
         return y.to(x.dtype)
 
     @staticmethod
-    @once_differentiable  # nothing was saved with a graph: a second derivative would be wrong, so it raises
+    # nothing was saved with a graph: a second derivative would be wrong, so it raises
+    @once_differentiable
     def backward(ctx, dy):
         x, mean_hi, mean_lo, rstd, weight = ctx.saved_tensors
         needs = ctx.needs_input_grad[:3]
@@ -122,7 +123,8 @@ def rms_norm(
     weight: torch.Tensor | None = None,
     eps: float | None = None,
 ) -> torch.Tensor:
-    """RMSNorm of ``x`` over its trailing ``normalized_shape`` dimensions: ``x / sqrt(mean(x²) + eps) * weight``.
+    """RMSNorm of ``x`` over its trailing ``normalized_shape`` dimensions:
+    ``x / sqrt(mean(x²) + eps) * weight``.
 
     The semantics of ``torch.nn.functional.rms_norm``, dtypes included: any
     floating input with any floating weight. ``x_hat`` is computed in float64
@@ -132,7 +134,9 @@ def rms_norm(
     input's dtype; the gradients have the dtypes of x and weight. Errors and
     NaN confinement as in :func:`layer_norm`. Differentiable once in x and weight.
     """
-    normalized_shape, eps, work_dtype = checked_rms_norm_arguments(x, normalized_shape, weight, eps)
+    normalized_shape, eps, work_dtype = checked_rms_norm_arguments(
+        x, normalized_shape, weight, eps
+    )
     return RMSNormFunction.apply(x, weight, normalized_shape, eps, work_dtype)
 
 
@@ -142,7 +146,8 @@ def checked_rms_norm_arguments(
     weight: torch.Tensor | None,
     eps: float | None,
 ) -> tuple[tuple[int, ...], float, torch.dtype]:
-    """The argument checks of a torch-based ``rms_norm``: normalized_shape as a tuple, eps, the dtype to compute in."""
+    """The argument checks of a torch-based ``rms_norm``: normalized_shape as a tuple, eps, the
+    dtype to compute in."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if weight is not None:
@@ -157,7 +162,8 @@ def checked_rms_norm_arguments(
 
 
 class RMSNormFunction(torch.autograd.Function):
-    """Forward by :func:`lnorm.moments.rms_normalize`; backward by :func:`lnorm.gradients.rms_norm_backward_rows`.
+    """Forward by :func:`lnorm.moments.rms_normalize`; backward by
+    :func:`lnorm.gradients.rms_norm_backward_rows`.
 
     The forward pass saves the input and ``rstd``; the backward pass recomputes
     ``x_hat = x * rstd`` by the same operation, so it gets the forward's values
@@ -209,7 +215,9 @@ class RMSNormFunction(torch.autograd.Function):
         )
 
 
-def _rows(x: torch.Tensor, normalized_shape: tuple[int, ...], work_dtype: torch.dtype) -> torch.Tensor:
+def _rows(
+    x: torch.Tensor, normalized_shape: tuple[int, ...], work_dtype: torch.dtype
+) -> torch.Tensor:
     """``x`` as a matrix of rows of length prod(normalized_shape), in the working dtype."""
     batch_dims = x.dim() - len(normalized_shape)
     return x.reshape(x.shape[:batch_dims].numel(), x.shape[batch_dims:].numel()).to(work_dtype)

@@ -64,7 +64,8 @@ def dtype_of(a: object | None) -> object | None:
 
 
 def as_normalized_shape(normalized_shape: int | Sequence[int]) -> tuple[int, ...]:
-    """Return ``normalized_shape`` as a tuple; an int ``n`` means ``(n,)``, as in ``nn.LayerNorm``."""
+    """Return ``normalized_shape`` as a tuple; an int ``n`` means ``(n,)``, as in
+    ``nn.LayerNorm``."""
     dims = (
         (normalized_shape,) if isinstance(normalized_shape, numbers.Integral) else normalized_shape
     )
@@ -89,25 +90,28 @@ def check_shapes(
     weight_shape: Sequence[int] | None,
     bias_shape: Sequence[int] | None,
 ) -> None:
-    """Raise ``ValueError`` unless ``x`` ends in ``normalized_shape`` and weight/bias have exactly that shape."""
+    """Raise ``ValueError`` unless ``x`` ends in ``normalized_shape`` and weight/bias have exactly
+    that shape."""
     x_shape = tuple(x_shape)
     if (
         len(normalized_shape) > len(x_shape)
         or x_shape[len(x_shape) - len(normalized_shape) :] != normalized_shape
     ):
         raise ValueError(
-            f"normalized_shape={normalized_shape} must match the trailing dimensions of the input, "
-            f"but the input has shape {x_shape}"
+            f"normalized_shape={normalized_shape} must match the trailing dimensions "
+            f"of the input, but the input has shape {x_shape}"
         )
     for name, shape in (("weight", weight_shape), ("bias", bias_shape)):
         if shape is not None and tuple(shape) != normalized_shape:
             raise ValueError(
-                f"{name} must have shape normalized_shape={normalized_shape}, got {name} of shape {tuple(shape)}"
+                f"{name} must have shape normalized_shape={normalized_shape}, "
+                f"got {name} of shape {tuple(shape)}"
             )
 
 
 def check_eps(eps: float) -> float:
-    """``eps`` is added to the variance: it must be a finite number ≥ 0 (a negative one can make ``var + eps`` negative)."""
+    """``eps`` is added to the variance: it must be a finite number ≥ 0 (a negative one can make
+    ``var + eps`` negative)."""
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
         raise TypeError(f"eps must be a real number, got {eps!r}")
     if not (math.isfinite(eps) and eps >= 0):
@@ -125,7 +129,8 @@ def compute_dtype(x_dtype: object, weight_dtype: object | None, bias_dtype: obje
     x_name = dtype_name(x_dtype)
     if x_name not in COMPUTE_DTYPE:
         raise TypeError(
-            f"layer_norm needs a floating-point input ({', '.join(COMPUTE_DTYPE)}), got dtype {x_name}"
+            f"layer_norm needs a floating-point input ({', '.join(COMPUTE_DTYPE)}), "
+            f"got dtype {x_name}"
         )
     allowed = {x_name, COMPUTE_DTYPE[x_name]}
     for name, dtype in (("weight", weight_dtype), ("bias", bias_dtype)):
@@ -149,7 +154,8 @@ def compute_dtype(x_dtype: object, weight_dtype: object | None, bias_dtype: obje
 def check_grad_output(
     dy_shape: Sequence[int], dy_dtype: object, x_shape: Sequence[int], x_dtype: object
 ) -> None:
-    """The gradient of the output must have the output's shape and dtype (which are the input's)."""
+    """The gradient of the output must have the output's shape and dtype (which are the
+    input's)."""
     if tuple(dy_shape) != tuple(x_shape):
         raise ValueError(f"dy must have the shape of x, {tuple(x_shape)}, got {tuple(dy_shape)}")
     if dtype_name(dy_dtype) != dtype_name(x_dtype):
@@ -168,7 +174,8 @@ def rms_norm_compute_dtype(x_dtype: object, weight_dtype: object | None) -> str:
     x_name = dtype_name(x_dtype)
     if x_name not in COMPUTE_DTYPE:
         raise TypeError(
-            f"rms_norm needs a floating-point input ({', '.join(COMPUTE_DTYPE)}), got dtype {x_name}"
+            f"rms_norm needs a floating-point input ({', '.join(COMPUTE_DTYPE)}), "
+            f"got dtype {x_name}"
         )
     if weight_dtype is not None and dtype_name(weight_dtype) not in COMPUTE_DTYPE:
         raise TypeError(
@@ -192,7 +199,8 @@ def rms_norm_product_dtype(compute_dtype_name: str, weight_dtype: object | None)
 
 
 def rms_norm_eps(eps: float | None, compute_dtype_name: str) -> float:
-    """``eps`` checked as :func:`check_eps` does; ``None`` means the machine epsilon of the compute dtype.
+    """``eps`` checked as :func:`check_eps` does; ``None`` means the machine epsilon of the
+    compute dtype.
 
     That is ``torch.nn.functional.rms_norm``'s default: ``torch.finfo(x.dtype).eps``
     for float32 and float64 inputs (2**-23 and 2**-52), and float32's 2**-23 for

@@ -10,7 +10,8 @@ cut off: every request that leaves the machine is recorded and refused. Each pag
 - no console error, no uncaught exception, no local file that failed to load;
 - every image loaded (natural width > 0);
 - every internal link leading to a file that exists and to an anchor that the file has;
-- at a phone's width (390 px) nothing wider than the screen: code and tables scroll inside the page;
+- at a phone's width (390 px) nothing wider than the screen: code and tables scroll inside the
+  page;
 - in the theme's dark mode, each figure on a light card (the stored PNGs are drawn on white);
 - at 1400 px, no displayed formula or table wider than the text column, no code box (folded or
   not) that scrolls sideways, no traceback, and every
@@ -37,13 +38,21 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SITE = ROOT / "_build" / "html"
 BROWSER = next(
-    (path for name in ("chromium", "chromium-browser", "google-chrome") if (path := shutil.which(name))),
+    (
+        path
+        for name in ("chromium", "chromium-browser", "google-chrome")
+        if (path := shutil.which(name))
+    ),
     None,
 )
-ALL_PAGES = sorted(p for p in SITE.rglob("*.html") if "_static" not in p.parts) if SITE.exists() else []
+ALL_PAGES = (
+    sorted(p for p in SITE.rglob("*.html") if "_static" not in p.parts) if SITE.exists() else []
+)
 #: A page that only forwards the reader elsewhere (index.html): its target is checked instead.
 REDIRECT = re.compile(r'<meta http-equiv="refresh" content="0; url=([^"]+)"', re.IGNORECASE)
-REDIRECTS = {p: m.group(1) for p in ALL_PAGES if (m := REDIRECT.search(p.read_text(encoding="utf-8")))}
+REDIRECTS = {
+    p: m.group(1) for p in ALL_PAGES if (m := REDIRECT.search(p.read_text(encoding="utf-8")))
+}
 PAGES = [p for p in ALL_PAGES if p not in REDIRECTS]
 SCREENSHOTS = os.environ.get("BOOK_SCREENSHOTS")
 #: Chromium flags for a browser that must not reach the network and may run as root.
@@ -64,7 +73,9 @@ OFF_MACHINE = re.compile(r"^(https?|wss?|ftp)://")
 #: A TeX control sequence or math delimiter: what unrendered math looks like on the page.
 RAW_TEX = re.compile(r"\\(?:[A-Za-z]{2,}|[()\[\]])|\$\$")
 
-pytestmark = pytest.mark.skipif(not SITE.exists(), reason="no built book in _build/html: run `make book` first")
+pytestmark = pytest.mark.skipif(
+    not SITE.exists(), reason="no built book in _build/html: run `make book` first"
+)
 
 
 class _Page(html.parser.HTMLParser):
@@ -110,7 +121,8 @@ INSPECT = r"""async () => {
   const images = Array.from(document.images);
   images.forEach((img) => { img.loading = "eager"; });
   await Promise.all(images.map((img) => img.decode().catch(() => null)));
-  const hidden = "script, style, noscript, template, pre, code, kbd, samp, mjx-container, mjx-assistive-mml, .highlight";
+  const hidden = "script, style, noscript, template, pre, code, kbd, samp, mjx-container, "
+    + "mjx-assistive-mml, .highlight";
   const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
   const texts = [];
   for (let node = walker.nextNode(); node; node = walker.nextNode()) {
@@ -120,13 +132,18 @@ INSPECT = r"""async () => {
   }
   return {
     rendered: document.querySelectorAll("mjx-container").length,
-    // TeX that MathJax set as literal text (\text{rel\_tol} without textmacros), read in its MathML
+    // TeX that MathJax set as literal text (\text{rel\_tol} without textmacros),
+    // read in its MathML
     texInMath: Array.from(document.querySelectorAll("mjx-assistive-mml"))
-      .map((mml) => Array.from(mml.querySelectorAll("mtext, mi, mo")).map((e) => e.textContent).join(" "))
+      .map((mml) =>
+        Array.from(mml.querySelectorAll("mtext, mi, mo")).map((e) => e.textContent).join(" "))
       .filter((text) => text.includes("\\")),
-    mathErrors: Array.from(document.querySelectorAll("mjx-merror, [data-mjx-error]")).map((e) => e.textContent),
+    mathErrors: Array.from(document.querySelectorAll("mjx-merror, [data-mjx-error]"))
+      .map((e) => e.textContent),
     text: texts.join(" "),
-    brokenImages: images.filter((img) => !img.complete || img.naturalWidth === 0).map((img) => img.src),
+    brokenImages: images
+      .filter((img) => !img.complete || img.naturalWidth === 0)
+      .map((img) => img.src),
   };
 }"""
 
@@ -140,13 +157,25 @@ OVERFLOW = """() => {
       if (box.right > width + 1 && el.checkVisibility()) {
         let scroller = el.parentElement, clipped = false;
         for (; scroller && scroller !== document.body; scroller = scroller.parentElement) {
-          if (["auto", "scroll", "hidden", "clip"].includes(getComputedStyle(scroller).overflowX)) { clipped = true; break; }
+          if (
+            ["auto", "scroll", "hidden", "clip"].includes(getComputedStyle(scroller).overflowX)
+          ) {
+            clipped = true;
+            break;
+          }
         }
-        if (!clipped) culprits.push(el.tagName.toLowerCase() + (el.className ? "." + String(el.className).split(" ")[0] : ""));
+        if (!clipped) {
+          culprits.push(el.tagName.toLowerCase()
+            + (el.className ? "." + String(el.className).split(" ")[0] : ""));
+        }
       }
     }
   }
-  return {scrollWidth: document.documentElement.scrollWidth, width, culprits: [...new Set(culprits)].slice(0, 5)};
+  return {
+    scrollWidth: document.documentElement.scrollWidth,
+    width,
+    culprits: [...new Set(culprits)].slice(0, 5),
+  };
 }"""
 
 # Run in the page (dark mode): figures whose image is neither on a light background nor lightened.
@@ -189,7 +218,9 @@ WIDE_CONTENT = r"""() => {
   }
   for (const pre of article.querySelectorAll("pre")) {  // code and outputs, folded ones included
     if (pre.scrollWidth > pre.clientWidth + 1) {
-      wide.push(`code ${pre.scrollWidth} px in ${pre.clientWidth}: ${pre.textContent.trim().slice(0, 60)}`);
+      wide.push(
+        `code ${pre.scrollWidth} px in ${pre.clientWidth}: ${pre.textContent.trim().slice(0, 60)}`
+      );
     }
   }
   const tracebacks = article.querySelectorAll(".output.traceback").length
@@ -231,8 +262,13 @@ FIXES = ("correction=0", "assert_close")
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     if BROWSER is None:
-        pytest.skip("no chromium, chromium-browser or google-chrome on the PATH (Debian: apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (requirements.txt)")
+        pytest.skip(
+            "no chromium, chromium-browser or google-chrome on the PATH "
+            "(Debian: apt-get install chromium)"
+        )
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="Playwright is not installed (requirements.txt)"
+    )
     with sync_api.sync_playwright() as playwright:
         try:
             chromium = playwright.chromium.launch(
@@ -253,7 +289,9 @@ def _open(browser, path: Path, width: int, dark: bool):
         viewport={"width": width, "height": 900}, color_scheme="dark" if dark else "light"
     )
     if dark:  # the theme keeps the reader's choice in localStorage and sets data-theme on <html>
-        context.add_init_script("localStorage.setItem('mode', 'dark'); localStorage.setItem('theme', 'dark');")
+        context.add_init_script(
+            "localStorage.setItem('mode', 'dark'); localStorage.setItem('theme', 'dark');"
+        )
     # (in light mode the page opens as on a first visit: nothing stored, the system's scheme light)
     record = {"network": [], "errors": []}
 
@@ -291,7 +329,11 @@ def _shoot(page, path: Path, width: int, dark: bool) -> None:
     name = f"{path.stem}-{width}-{'dark' if dark else 'light'}"
     page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=str(out / f"{name}.png"))
-    views = (("figure", "article figure"), ("table", "article table"), ("code", "article .cell_input"))
+    views = (
+        ("figure", "article figure"),
+        ("table", "article table"),
+        ("code", "article .cell_input"),
+    )
     for what, selector in views:
         element = page.query_selector(selector)
         if element is not None:
@@ -317,7 +359,11 @@ def test_internal_links_resolve(path: Path) -> None:
         target = (path.parent / unquote(parts.path)).resolve() if parts.path else path
         if not target.exists():
             broken.append(href)
-        elif parts.fragment and target.suffix == ".html" and unquote(parts.fragment) not in _parse(target).ids:
+        elif (
+            parts.fragment
+            and target.suffix == ".html"
+            and unquote(parts.fragment) not in _parse(target).ids
+        ):
             broken.append(href)
     assert not broken, f"links that lead nowhere: {broken}"
 
@@ -336,14 +382,18 @@ def test_page_in_the_browser(browser, path: Path) -> None:
         context.close()
 
     assert not record["network"], f"requested from the network: {record['network']}"
-    assert shown["rendered"] == formulas, f"{shown['rendered']} of the page's {formulas} formulas rendered"
+    assert shown["rendered"] == formulas, (
+        f"{shown['rendered']} of the page's {formulas} formulas rendered"
+    )
     assert not shown["mathErrors"], f"MathJax could not typeset: {shown['mathErrors']}"
     assert not shown["texInMath"], f"TeX shown literally inside formulas: {shown['texInMath']}"
     raw = sorted(set(RAW_TEX.findall(shown["text"])))
     assert not raw, f"raw TeX in the text a reader sees: {raw[:10]}"
     assert not shown["brokenImages"], f"images that did not load: {shown['brokenImages']}"
     assert not record["errors"], record["errors"]
-    assert not content["wide"], f"wider than the {content['column']} px text column: {content['wide']}"
+    assert not content["wide"], (
+        f"wider than the {content['column']} px text column: {content['wide']}"
+    )
     assert not content["tracebacks"], "the page shows a traceback"
     assert not folded["bad"], f"folded checks ({folded['count']} cells): {folded['bad']}"
 
@@ -376,5 +426,7 @@ def test_page_on_a_phone_in_dark_mode(browser, path: Path) -> None:
 
     assert not record["network"] and not record["errors"], record
     assert figures["theme"] == "dark", f"the page did not switch to dark mode: {figures}"
-    assert overflow["scrollWidth"] <= overflow["width"] + 1, f"wider than a {NARROW} px screen: {overflow}"
+    assert overflow["scrollWidth"] <= overflow["width"] + 1, (
+        f"wider than a {NARROW} px screen: {overflow}"
+    )
     assert not figures["bad"], f"figures on a dark background in dark mode: {figures['bad']}"

@@ -34,7 +34,8 @@ def detect_raises(ctx: Context) -> Finding | None:
     first = failed[0]
     return Finding(
         "raises",
-        f"{len(failed)} of {len(ctx.calls)} calls raised; the first, on input {first.probe.name!r} "
+        f"{len(failed)} of {len(ctx.calls)} calls raised; "
+        f"the first, on input {first.probe.name!r} "
         f"of shape {first.probe.x.shape} ({first.probe.dtype}), raised {first.error}",
         {
             "inputs": [f"{c.probe.name} {c.probe.x.shape} {c.probe.dtype}" for c in failed],
@@ -196,7 +197,9 @@ def eps_fit(ctx: Context, eps: float) -> dict | None:
     if eps == ctx.eps or eps is None:  # the eps of the other probes, and RMSNorm's default
         statistic = "var" if ctx.subject.norm == "layer" else "mean(x^2)"
         key, value = ("eps", "eps") if eps == ctx.eps else ("eps=None", "2**-23")
-        ctx.measure(key, f"largest |d / sqrt({statistic} + {value}) - 1|", deviation, EPS_DEVIATION)
+        ctx.measure(
+            key, f"largest |d / sqrt({statistic} + {value}) - 1|", deviation, EPS_DEVIATION
+        )
     if deviation <= EPS_DEVIATION:
         return {"verdict": "correct", "eps passed": eps}
     s = std * math.sqrt(ctx.n / (ctx.n - 1)) if expected.bessel else std  # what it takes as std
@@ -314,7 +317,9 @@ def detect_wrong_output(ctx: Context) -> Finding | None:
         if np.all(np.isfinite(y))
         else float("inf")
     )
-    if not ctx.measure("wrong_output", "error / (eps32 max|y|)", units, WRONG_OUTPUT_UNITS).flagged:
+    if not ctx.measure(
+        "wrong_output", "error / (eps32 max|y|)", units, WRONG_OUTPUT_UNITS
+    ).flagged:
         return None
     return Finding(
         "wrong_output",

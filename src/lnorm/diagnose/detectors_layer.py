@@ -228,7 +228,8 @@ def _output_errors(call: Call) -> list[float]:
     return result
 
 
-#: 16-bit outputs more than this many 16-bit eps (times max|y|) from the float32 path's are flagged.
+#: 16-bit outputs more than this many 16-bit eps (times max|y|) from the float32 path's are
+#: flagged.
 HALF_UNITS = 4.0
 
 

@@ -276,8 +276,8 @@ def detect_rms_low_precision(ctx: Context) -> Finding | None:
         "low_precision_accumulation",
         "its 16-bit outputs differ from its own float32 computation, rounded to 16 bits, in "
         + "; ".join(
-            f"{v['outputs differing']:.0%} of the outputs (by up to {_ulps(v['largest ulps'])}) on "
-            f"{k} rows"
+            f"{v['outputs differing']:.0%} of the outputs "
+            f"(by up to {_ulps(v['largest ulps'])}) on {k} rows"
             for k, v in seen.items()
         )
         + ". Computing in float32 and rounding once gives identical outputs",

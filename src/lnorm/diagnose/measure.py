@@ -131,4 +131,6 @@ class Context:
         return self.subject.eps_values[0]
 
     def denominator(self, eps: float) -> Denominator:
-        return self.denominators.get(eps, Denominator(self.n, self.found("bessel_correction"), eps))
+        return self.denominators.get(
+            eps, Denominator(self.n, self.found("bessel_correction"), eps)
+        )

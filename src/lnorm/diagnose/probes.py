@@ -14,7 +14,8 @@ from lnorm.diagnose.subject import Probe, Subject, _rounded
 
 #: Offsets of the mean, in standard deviations, for the one-pass detector.
 OFFSETS = (1.0, 4.0, 16.0, 64.0, 256.0, 1024.0)
-#: The offsets whose errors are fitted (from 16 on, linear growth is well above the rounding floor).
+#: The offsets whose errors are fitted (from 16 on, linear growth is well above the rounding
+#: floor).
 FITTED_OFFSETS = (16.0, 64.0, 256.0, 1024.0)
 #: Rows per offset: the largest error of 32 rows is close to the largest the rounding can make.
 ROWS_PER_OFFSET = 32
@@ -102,7 +103,10 @@ def layer_norm_probes(subject: Subject, half: bool, seed: int = 0) -> dict[str, 
     # Constant rows whose sums and sums of squares are exact in float32 (any algorithm gets
     # variance 0 exactly), and two ordinary rows.
     constants = np.array([0.0, 1.0, -2.5, 1024.0]).reshape(4, *(1,) * len(rows))
-    add("constant", np.concatenate([constants * np.ones((4, *rows)), _standard_rows(rng, 2, rows)]))
+    add(
+        "constant",
+        np.concatenate([constants * np.ones((4, *rows)), _standard_rows(rng, 2, rows)]),
+    )
 
     nan = _standard_rows(rng, 6, (n,))
     nan[1, 3], nan[4, 0] = np.nan, np.inf
@@ -130,7 +134,9 @@ def layer_norm_probes(subject: Subject, half: bool, seed: int = 0) -> dict[str, 
                 add(f"{dtype}:{work}", x16, work)
         # Standard deviation 300: every row has an element at least 300 from its mean, whose
         # square overflows float16 (65504); harmless in float32.
-        x_big = _rounded(_scaled(_standard_rows(rng, 8, rows), np.full(8, 300.0), 100.0), "float16")
+        x_big = _rounded(
+            _scaled(_standard_rows(rng, 8, rows), np.full(8, 300.0), 100.0), "float16"
+        )
         for work in ("float16", "float32"):
             add(f"float16 overflow:{work}", x_big, work)
     _add_scope_probes(subject, np.random.default_rng([seed, 1]), add)

@@ -263,6 +263,16 @@ def test_second_order_kappa_cap() -> None:
     assert big == pytest.approx((s + 1) * U32 * 1e9 / 2 + (s + 1) * (s + 3) * U32 * cap)
 
 
+def test_largest_kappa() -> None:
+    """sqrt(1 + mu**2 / sigma**2) of the worst row, the same for a tensor and an array."""
+    rows = np.array([[1.0, 3.0], [10.0, 12.0]], dtype=np.float32)  # sigma 1, mu 2 and 11
+    assert bounds.largest_kappa(rows) == pytest.approx(math.sqrt(1 + 11.0**2))
+    assert bounds.largest_kappa(torch.from_numpy(rows).half()) == bounds.largest_kappa(rows)
+    # the affine bound adds the same second-order term as the forward bound
+    second = bounds.layer_norm_forward(767, 100.0, n=768) - bounds.layer_norm_forward(767)
+    assert bounds.layer_norm_affine_forward(767, 100.0, n=768) == 966.0 + second
+
+
 @pytest.mark.parametrize("offset", [0.0, 1e2, 1e4])
 def test_affine_forward_bound_holds(offset: float) -> None:
     """x_hat * weight + bias within (5s + 29)/4 eps A, A = max|w| max|x_hat| + max|b|, for a

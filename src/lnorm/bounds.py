@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 import math
 
+import numpy as np
+
 #: float32's unit roundoff, half its machine epsilon.
 U32 = 2.0**-24
 
@@ -84,7 +86,7 @@ def layer_norm_forward(
     return (5 * s + 25) / 4 + first_case + (s + 1) * (s + 3) * u * min(kappa, cap)
 
 
-def layer_norm_affine_forward(s: int) -> float:
+def layer_norm_affine_forward(s: int, kappa: float = 0.0, n: int | None = None) -> float:
     """Bound on ``x_hat * weight + bias`` formed in the working precision, for sums of growth
     ``s``: ``(5s + 29)/4`` in eps x ``A``, with ``A = max|weight| max|x_hat| + max|bias|``.
 
@@ -94,9 +96,11 @@ def layer_norm_affine_forward(s: int) -> float:
     each at most ``u A`` (a fused multiply-add rounds once, less). To first order in ``u``
     (chapter 7). The unit is ``A``, not ``max|y|``: a bias can make ``max|y|`` much smaller,
     and the mean's error, a shift common to every ``x_hat_i``, is multiplied by a large weight
-    even where ``x_hat_i`` is near zero.
+    even where ``x_hat_i`` is near zero. With ``kappa`` (and ``n``) it adds the second-order
+    term of :func:`layer_norm_forward`, which ``x_hat`` carries into ``A`` the same way.
     """
-    return (5 * s + 29) / 4
+    second_order = layer_norm_forward(s, kappa, n=n) - layer_norm_forward(s)
+    return (5 * s + 29) / 4 + second_order
 
 
 def second_order_kappa_cap(s: int, n: int, u: float = U32) -> float:
@@ -114,6 +118,17 @@ def second_order_kappa_cap(s: int, n: int, u: float = U32) -> float:
     """
     shrink = 1 - (2 * n + 1) * (s + 1) * u
     return (2 * n + 1) / shrink if shrink > 0 else math.inf
+
+
+def largest_kappa(rows: object) -> float:
+    """The largest condition number ``kappa = sqrt(1 + mu**2 / sigma**2)`` among the rows
+    (last axis) of ``rows``, a NumPy array or a torch tensor, computed in float64 from the
+    values as stored: the ``kappa`` that :func:`layer_norm_forward` takes for a batch."""
+    x = rows.double().cpu().numpy() if hasattr(rows, "double") else np.asarray(rows, np.float64)
+    mean = x.mean(axis=-1)
+    var = ((x - mean[..., None]) ** 2).mean(axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):  # a constant row: kappa is inf
+        return float(np.sqrt(1 + mean**2 / var).max())
 
 
 def layer_norm_backward_dx(

@@ -4,13 +4,17 @@ errors."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from lnorm import diagnose
+import lnorm.torch
+from lnorm import diagnose, errors
+from lnorm.diagnose import tolerance as tolerance_module
 
 from diagnose_helpers import run_cli
 from norm_ports import LlamaRMSNorm
@@ -33,6 +37,37 @@ def test_the_tolerance_is_given_per_probed_dtype() -> None:
     assert "tolerance (bfloat16): torch.testing.assert_close" in text
     float32_only = diagnose.check(F.layer_norm, half=False)
     assert list(float32_only.tolerances) == ["float32"]
+
+
+def test_the_float32_tolerance_is_chapter_3s_limit_from_lnorm_errors() -> None:
+    """The scope's kappa = sqrt(257), max|y| = 5, |weight| <= 1: torch's class gets the one rule
+    (twice torch's limit, errors.one_rule_atol); lnorm's class its 2 max|y| plus torch's limit;
+    both in float32 eps, absolute, rounded to two digits."""
+    kappa, max_y = math.sqrt(257), 5.0
+    eps32 = float(np.finfo(np.float32).eps)
+    torch_limit = errors.torch_limit(max_y, kappa)
+    assert tolerance_module.torch_class_limit(tolerance_module.TOLERANCE_KAPPA) == torch_limit
+    grows = float(f"{errors.one_rule_atol(max_y, kappa):.2g}")
+    flat = float(f"{(2 * max_y + torch_limit) * eps32:.2g}")
+    assert diagnose.check(F.layer_norm, half=False).tolerance == (0.0, grows)
+    assert diagnose.check(lnorm.torch.layer_norm, half=False).tolerance == (0.0, flat)
+    assert (grows, flat) == (1.4e-05, 8.1e-06)
+
+
+def test_the_float32_tolerance_holds_on_two_valued_rows() -> None:
+    """Rows mean +- 1 (max|y| = 1), the rows that broke the old limit 2 + kappa units, with
+    means 2^k * {1.0001, 1.3, 1.9} inside the scope (kappa <= 16.03): torch's kernel stays
+    within the tolerance of lnorm's and of a textbook two-pass."""
+    means = [2.0**k * f for k in range(4) for f in (1.0001, 1.3, 1.9)]
+    signs = np.where(np.arange(256) % 2 == 0, 1.0, -1.0)
+    x = torch.tensor(np.array([m + signs for m in means]), dtype=torch.float32)
+    torch_y = F.layer_norm(x, (256,))
+    mean = x.mean(-1, keepdim=True)
+    two_pass = (x - mean) / torch.sqrt(((x - mean) ** 2).mean(-1, keepdim=True) + 1e-5)
+    grows = diagnose.check(F.layer_norm, half=False).tolerance[1]
+    flat = diagnose.check(lnorm.torch.layer_norm, half=False).tolerance[1]
+    torch.testing.assert_close(torch_y, two_pass, rtol=0, atol=grows)
+    torch.testing.assert_close(torch_y, lnorm.torch.layer_norm(x, (256,)), rtol=0, atol=flat)
 
 
 def test_the_bfloat16_tolerance_passes_a_llama_rmsnorm_against_torchs() -> None:

@@ -302,7 +302,7 @@ def detect_wrong_output(ctx: Context) -> Finding | None:
     standard deviations 0.5 to 2, so |mean| <= 4 std and condition numbers
     kappa <= sqrt(17) < 5). Measurement: the error against the float64
     reference in float32 eps times max|y|. Threshold: 64. A correct float32
-    LayerNorm stays within chapter 3's measured limit 2 + kappa < 7 here.
+    LayerNorm stays within chapter 3's measured limit 2 + 3 kappa max|w| / max|y| (about 5) here.
     Runs only when nothing else was found, so that a mistake already named is
     not reported twice.
     """

@@ -21,67 +21,89 @@ from lnorm.diagnose.probes import FITTED_OFFSETS, OFFSETS
 TOLERANCE_MEAN_STDS = 16.0
 #: so for condition numbers kappa = sqrt(1 + mean**2/var) up to sqrt(257) = 16.03,
 TOLERANCE_KAPPA = math.sqrt(1.0 + TOLERANCE_MEAN_STDS**2)
-#: ... and for outputs of at most this magnitude (rows of unit-scale data, weight of order one).
+#: ... for outputs of at most this magnitude (rows of unit-scale data),
 TOLERANCE_MAX_OUTPUT = 5.0
+#: ... and for a weight of order one: |weight| <= 1 (none, or torch's default of ones).
+TOLERANCE_MAX_WEIGHT = 1.0
+#: The measured limit of a float32 LayerNorm whose error does not grow with the mean (lnorm's,
+#: chapter 4), in float32 eps times max|y|.
+FLAT_CLASS_UNITS = 2.0
 
 
 def torch_class_limit(kappa: float) -> float:
     """Chapter 3's measured limit (eq-torch-limit) of a float32 LayerNorm that subtracts a rounded
-    mean once, as torch's kernel does: ``2 + kappa`` float32 eps times max|y|."""
-    return 2.0 + kappa
+    mean once, as torch's kernel does, for the tolerance's scope (|y| <= 5, |weight| <= 1), in
+    float32 eps, absolute: ``2 max|y| + 3 kappa max|weight|`` (:func:`lnorm.errors.torch_limit`).
+    """
+    return errors.torch_limit(TOLERANCE_MAX_OUTPUT, kappa, TOLERANCE_MAX_WEIGHT)
 
 
 def tolerance(ctx: Context) -> tuple[tuple[float, float], str]:
     """``(rtol, atol)`` for comparing the function's float32 output with torch's, and why.
 
-    Chapters 3 and 4 measure these envelopes (they are not derived bounds): a
-    float32 LayerNorm that subtracts a rounded mean once stays within
-    ``2 + kappa`` float32 eps times max|y| (torch's kernel is one); one that
-    removes the mean's rounding error (lnorm) within 2. Two implementations
-    may differ by the sum of their envelopes. The function's class
-    is measured: its output error on the offsets probe either grows with the
-    mean (growth exponent over the means 16-1024 of 0.5 or more) or does not.
-    The tolerance is stated for rows with |mean| <= 16 std (kappa <= sqrt(257)
-    = 16.03) and outputs up to 5 in
-    magnitude: ``atol = (E_fn + E_torch) eps32 * 5``, with rtol = 0 because the
-    error of LayerNorm is absolute: every element of a row carries the row's
-    rounding error, small elements included. Scale atol with max|y|/5 and
-    kappa for other data. If the function's measured error exceeds its class's
-    envelope at some mean, its envelope is scaled up by a power of 2 to cover it.
+    Chapters 3 and 4 measure these limits (they are not derived bounds): a
+    float32 LayerNorm that subtracts a rounded mean once (torch's kernel is one)
+    stays within ``(2 max|y| + 3 kappa max|weight|)`` float32 eps, absolute: the
+    mean's rounding error shifts every output by the same amount, whatever
+    max|y|; one that removes the mean's rounding error (lnorm) stays within
+    ``2 max|y|`` float32 eps. Two implementations may differ by the sum of their
+    limits. The function's class is measured: its output error on the offsets
+    probe either grows with the mean (growth exponent over the means 16-1024 of
+    0.5 or more) or does not. The tolerance is stated for rows with |mean| <= 16
+    std (kappa <= sqrt(257) = 16.03), outputs up to 5 in magnitude and a weight
+    up to 1: ``atol = (E_fn + E_torch) eps32`` with ``E_torch = 2*5 + 3*16.03 =
+    58.1``, and rtol = 0 because the error of LayerNorm is absolute: every
+    element of a row carries the row's rounding error, small elements included.
+    For other data, use :func:`lnorm.errors.one_rule_atol` with their max|y|,
+    kappa and max|weight|. If the function's measured error exceeds its class's
+    limit at some mean, its limit is scaled up by a power of 2 to cover it.
     """
     eps32 = float(np.finfo(np.float32).eps)
     torch_bound = torch_class_limit(TOLERANCE_KAPPA)
+    flat_bound = FLAT_CLASS_UNITS * TOLERANCE_MAX_OUTPUT
     call = ctx.calls.get("offsets")
     if call is None or call.output is None:
         fn_bound, how = torch_bound, "its error was not measured; assumed as large as torch's"
     else:
-        measured = _output_errors(call)
+        measured = _output_errors(call)  # in float32 eps times each offset's max|y|
         fitted = [measured[OFFSETS.index(o)] for o in FITTED_OFFSETS]
         exponent = growth_exponent(FITTED_OFFSETS, fitted)
         grows = exponent >= 0.5
-        bound = lambda kappa: torch_class_limit(kappa) if grows else 2.0  # noqa: E731
+        # The class's limit in the same units, with each offset's rows' max|y| and weight.
+        max_abs_y = np.max(np.abs(call.reference.reshape(len(OFFSETS), -1)), axis=1)
+        weight = call.probe.weight
+        max_abs_weight = 1.0 if weight is None else float(np.max(np.abs(weight)))
+
+        def bound(kappa: float, max_y: float) -> float:
+            if not grows:
+                return FLAT_CLASS_UNITS
+            return errors.torch_limit_units(max_y, kappa, max_abs_weight)
+
         # Checked where the tolerance is meant to hold; the rows' means reach 1.25 x nominal.
         excess = max(
-            m / bound(1.25 * o + 1) for m, o in zip(measured, OFFSETS) if o <= TOLERANCE_MEAN_STDS
+            m / bound(1.25 * o + 1, float(y))
+            for m, o, y in zip(measured, OFFSETS, max_abs_y)
+            if o <= TOLERANCE_MEAN_STDS
         )
         ctx.envelope_ratio = excess
         if not math.isfinite(excess):  # no bound holds; the torch-class bound, flagged in words
             excess, how_much = 1.0, " (its error at small means is not finite)"
         else:
             how_much = ""
-        fn_bound = bound(TOLERANCE_KAPPA) * 2.0 ** max(0, math.ceil(math.log2(max(excess, 1e-9))))
+        scale = 2.0 ** max(0, math.ceil(math.log2(max(excess, 1e-9))))
+        fn_bound = (torch_bound if grows else flat_bound) * scale
         how = (
             "its float32 error grows with the rows' mean, like torch's"
             if grows
             else "its float32 error does not grow with the rows' mean"
         ) + how_much
-    atol = (fn_bound + torch_bound) * eps32 * TOLERANCE_MAX_OUTPUT
+    atol = (fn_bound + torch_bound) * eps32
     reason = (
         f"{how}; the envelope of that class ({fn_bound:.4g}; its error on the checker's rows "
-        f"stays within it) plus torch's (2 + kappa = {torch_bound:.4g}), envelopes "
-        "measured in chapters 3 and 4, in float32 eps x max|y|, for rows with "
-        f"|mean| <= {TOLERANCE_MEAN_STDS:g} std (kappa <= {TOLERANCE_KAPPA:.4g}) "
-        f"and |y| <= {TOLERANCE_MAX_OUTPUT:g}"
+        f"stays within it) plus torch's (2 max|y| + 3 kappa max|w| = {torch_bound:.4g}), "
+        "envelopes measured in chapters 3 and 4, in float32 eps, for rows with "
+        f"|mean| <= {TOLERANCE_MEAN_STDS:g} std (kappa <= {TOLERANCE_KAPPA:.4g}), "
+        f"|y| <= {TOLERANCE_MAX_OUTPUT:g} and |w| <= {TOLERANCE_MAX_WEIGHT:g}"
     )
     return (0.0, float(f"{atol:.2g}")), reason
 

@@ -194,37 +194,46 @@ def assert_close_normwise(actual: object, expected: object, max_eps_units: float
         )
 
 
-#: The largest error of a float32 row mean that chapter 3 measured for torch's kernel and the
-#: textbook two-pass LayerNorm, in ulps of the mean (2.44 over Gaussian, uniform and two-valued
-#: rows, N from 16 to 65536, means up to 4e6, under torch's AVX-512, AVX2 and portable builds),
-#: rounded up to 3 for a margin. A measurement, not a derived bound.
+#: The measured limit of a float32 LayerNorm that subtracts a rounded mean once (torch's kernel,
+#: the textbook two-pass with pairwise or cascaded sums), in float32 eps, has two kappa terms:
+#: the mean's error, up to MEAN_ERROR_ULPS ulps of the mean (2.44 measured, rounded up), shifts
+#: every output alike; the variance's relative error, up to about kappa eps (0.53 kappa eps
+#: measured, on rows with one outlier), scales every output. Measurements, not derived bounds:
+#: Gaussian, uniform, Student-t, two-valued and one-outlier rows, N from 16 to 65536, means up
+#: to 4e6, torch's AVX-512, AVX2 and portable builds (chapter 3).
 MEAN_ERROR_ULPS = 3.0
 
 
-def torch_limit(max_abs_y: float, kappa: float, max_abs_weight: float = 1.0) -> float:
+def torch_limit(scale: float, kappa: float, max_abs_weight: float = 1.0) -> float:
     """The measured limit of a float32 LayerNorm that subtracts a rounded mean once (torch's
     kernel, the textbook two-pass), in float32 eps, absolute (chapter 3, "The limit measured"):
-    ``2 max|y| + 3 kappa max|weight|``.
+    ``(2 + kappa) scale + 3 kappa max|weight|``.
 
-    A mean off by ``c`` ulps of the mean, each at most ``eps |mean|``, shifts every ``x_hat_i``
-    by at most ``c eps |mean| / sigma <= c eps kappa``, and the weight scales that shift;
-    the rest of the error, measured, stays below two units of ``eps max|y|``.
+    ``scale`` is max|y| without a bias; with one, ``max|weight| max|x_hat| + max|bias|`` (a bias
+    can make max|y| small while the error stays). A mean off by ``c`` ulps of the mean, each at
+    most ``eps |mean|``, shifts every ``x_hat_i`` by at most ``c eps kappa``, which the weight
+    scales: the ``3 kappa max|weight|`` term. A variance off by ``kappa eps`` relative scales
+    every output by half that: within the ``kappa scale`` term, with the rest of the roundings
+    in ``2 scale``.
     """
-    return 2.0 * max_abs_y + MEAN_ERROR_ULPS * kappa * max_abs_weight
+    return (2.0 + kappa) * scale + MEAN_ERROR_ULPS * kappa * max_abs_weight
 
 
-def torch_limit_units(max_abs_y: float, kappa: float, max_abs_weight: float = 1.0) -> float:
-    """:func:`torch_limit` in units of ``eps max|y|``: ``2 + 3 kappa max|weight| / max|y|``."""
-    return torch_limit(max_abs_y, kappa, max_abs_weight) / max_abs_y
+def torch_limit_units(scale: float, kappa: float, max_abs_weight: float = 1.0) -> float:
+    """:func:`torch_limit` in units of ``eps scale``:
+    ``2 + kappa + 3 kappa max|weight| / scale``."""
+    return torch_limit(scale, kappa, max_abs_weight) / scale
 
 
-def one_rule_atol(max_abs_y: float, kappa: float, max_abs_weight: float = 1.0,
+def one_rule_atol(scale: float, kappa: float, max_abs_weight: float = 1.0,
                   output_eps: float = 0.0) -> float:
     """Chapter 3's one rule: the ``atol`` (with ``rtol=0``) for comparing two float32
     LayerNorms of this kind, twice :func:`torch_limit` in absolute terms, plus ``output_eps
-    max|y|`` for an output rounded to a 16-bit dtype (``output_eps`` its machine epsilon)::
+    scale`` for an output rounded to a 16-bit dtype (``output_eps`` its machine epsilon)::
 
-        atol = (4 max|y| + 6 kappa max|weight|) eps32 + output_eps max|y|
+        atol = ((4 + 2 kappa) scale + 6 kappa max|weight|) eps32 + output_eps scale
+
+    ``scale`` is max|y|, or with a bias ``max|weight| max|x_hat| + max|bias|``.
     """
     eps32 = float(np.finfo(np.float32).eps)
-    return 2.0 * torch_limit(max_abs_y, kappa, max_abs_weight) * eps32 + output_eps * max_abs_y
+    return 2.0 * torch_limit(scale, kappa, max_abs_weight) * eps32 + output_eps * scale

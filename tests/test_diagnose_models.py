@@ -11,13 +11,14 @@ seeds.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from lnorm import diagnose
+from lnorm import diagnose, errors
 
 from diagnose_helpers import run_cli
 from norm_ports import (
@@ -349,12 +350,19 @@ def test_the_clean_report_is_short() -> None:
     assert "no findings: on every probe it behaves as LayerNorm." in " ".join(text.split())
     assert lines[0].endswith("no findings:") or lines[0].endswith("LayerNorm.")
     code = "torch.testing.assert_close(mine, ref, rtol=0, atol="
-    assert f"tolerance (float32): {code}1.4e-05)" in lines
+    atol32 = float(f"{errors.one_rule_atol(5.0, math.sqrt(257)):.2g}")  # 3.3e-05
+    assert f"tolerance (float32): {code}{atol32:.2g})" in lines
     assert f"tolerance (bfloat16): {code}0.039)" in lines
     assert f"tolerance (float16): {code}0.0049)" in lines
-    assert len(lines) <= 10 and "envelope" not in text
+    # The tolerance lines carry their scope, and where to turn for other data.
+    scope = " ".join(text.split("tolerance (float16)")[1].split("details:")[0].split())
+    assert "valid for rows with |mean| <= 16 std, |y| <= 5, |weight| <= 1" in scope
+    assert "layer_norm_atol(x, expected, weight)" in scope
+    assert len(lines) <= 10 and "measured in chapters 3 and 4" not in text
     assert max(len(line) for line in lines) <= 88
-    assert "envelope" in diagnose.check(F.layer_norm).details()
+    details = " ".join(diagnose.check(F.layer_norm).details().split())
+    assert "limits measured in chapters 3 and 4" in details
+    assert "(2 + kappa) max|y| + 3 kappa max|w| = 138.2" in details
 
 
 def test_cli_usage_errors_exit_2_in_one_line(tmp_path: Path) -> None:

@@ -41,17 +41,20 @@ def test_the_tolerance_is_given_per_probed_dtype() -> None:
 
 def test_the_float32_tolerance_is_chapter_3s_limit_from_lnorm_errors() -> None:
     """The scope's kappa = sqrt(257), max|y| = 5, |weight| <= 1: torch's class gets the one rule
-    (twice torch's limit, errors.one_rule_atol); lnorm's class its 2 max|y| plus torch's limit;
-    both in float32 eps, absolute, rounded to two digits."""
+    (twice torch's limit, errors.one_rule_atol); lnorm's class its 2.5 max|y| (lnorm.torch's
+    measured limit, chapter 3) plus torch's limit; both in float32 eps, absolute, rounded to two
+    digits. torch's limit is (2 + kappa) max|y| + 3 kappa max|w| = 138.2 eps here."""
     kappa, max_y = math.sqrt(257), 5.0
     eps32 = float(np.finfo(np.float32).eps)
     torch_limit = errors.torch_limit(max_y, kappa)
     assert tolerance_module.torch_class_limit(tolerance_module.TOLERANCE_KAPPA) == torch_limit
     grows = float(f"{errors.one_rule_atol(max_y, kappa):.2g}")
-    flat = float(f"{(2 * max_y + torch_limit) * eps32:.2g}")
+    assert abs(torch_limit - ((2 + 16.03) * 5 + 3 * 16.03)) < 0.02
+    assert tolerance_module.FLAT_CLASS_UNITS == 2.5
+    flat = float(f"{(2.5 * max_y + torch_limit) * eps32:.2g}")
     assert diagnose.check(F.layer_norm, half=False).tolerance == (0.0, grows)
     assert diagnose.check(lnorm.torch.layer_norm, half=False).tolerance == (0.0, flat)
-    assert (grows, flat) == (1.4e-05, 8.1e-06)
+    assert (grows, flat) == (3.3e-05, 1.8e-05)
 
 
 def test_the_float32_tolerance_holds_on_two_valued_rows() -> None:

@@ -26,7 +26,12 @@ from lnorm.diagnose.measure import Context
 from lnorm.diagnose.probes import layer_norm_probes, rms_norm_probes
 from lnorm.diagnose.report import Finding, Report
 from lnorm.diagnose.subject import Subject
-from lnorm.diagnose.tolerance import TOLERANCE_MAX_OUTPUT, rms_tolerance, tolerance
+from lnorm.diagnose.tolerance import (
+    TOLERANCE_MAX_OUTPUT,
+    rms_tolerance,
+    tolerance,
+    tolerance_scope,
+)
 
 Detector = Callable[[Context], Finding | None]
 
@@ -159,7 +164,7 @@ def check(
         reason += "; its 16-bit outputs differ from the named cast order's by one 16-bit ulp"
     return Report(
         subject.name, framework, mistakes, rtol_atol, reason, ctx.measurements, norm,
-        ctx.envelope_ratio, notes, tolerances, half_only, note_findings,
+        ctx.envelope_ratio, notes, tolerances, half_only, note_findings, tolerance_scope(norm),
     )
 
 

@@ -302,7 +302,8 @@ def detect_wrong_output(ctx: Context) -> Finding | None:
     standard deviations 0.5 to 2, so |mean| <= 4 std and condition numbers
     kappa <= sqrt(17) < 5). Measurement: the error against the float64
     reference in float32 eps times max|y|. Threshold: 64. A correct float32
-    LayerNorm stays within chapter 3's measured limit 2 + 3 kappa max|w| / max|y| (about 5) here.
+    LayerNorm stays within chapter 3's measured limit ((2 + kappa) S + 3 kappa max|w|) eps, with
+    S = max|w| max|x_hat| + max|b| (:func:`lnorm.errors.torch_limit`): below 10 units here.
     Runs only when nothing else was found, so that a mistake already named is
     not reported twice.
     """
@@ -324,7 +325,8 @@ def detect_wrong_output(ctx: Context) -> Finding | None:
     return Finding(
         "wrong_output",
         f"on ordinary rows its output is off by {units:.3g} float32 eps x max|y|; "
-        "a correct float32 LayerNorm was measured below 5 on these rows (chapter 3)",
+        "a correct float32 LayerNorm stays below chapter 3's measured limit, under 10 on "
+        "these rows",
         {"error, eps32 x max|y|": units, "max abs error": errors.max_abs_error(y, call.reference)},
         ctx.subject.norm,
     )

@@ -104,6 +104,9 @@ class Report:
     #: The orders of roundings seen (``cast_order``) with their evidence: not mistakes; their
     #: messages are among :attr:`notes`.
     note_findings: tuple[Finding, ...] = ()
+    #: The data the tolerance holds for, and what to use for other data, in words (None with
+    #: the tolerance); the report prints it under the tolerance lines, which carry it.
+    tolerance_scope: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -124,9 +127,13 @@ class Report:
         return f"torch.testing.assert_close(mine, ref, rtol={rtol:g}, atol={atol:.2g})"
 
     def tolerance_lines(self) -> list[str]:
-        """One line per probed dtype: ``tolerance (float32): torch.testing...``."""
+        """One line per probed dtype, ``tolerance (float32): torch.testing...``, then the data
+        these tolerances hold for (:attr:`tolerance_scope`), indented."""
         dtypes = list(self.tolerances) or (["float32"] if self.tolerance is not None else [])
-        return [f"tolerance ({dtype}): {self.tolerance_code(dtype)}" for dtype in dtypes]
+        lines = [f"tolerance ({dtype}): {self.tolerance_code(dtype)}" for dtype in dtypes]
+        if lines and self.tolerance_scope:
+            lines.append(_wrap(self.tolerance_scope, "  "))
+        return lines
 
     def verdict(self) -> str:
         """One line: the name, and whether it behaves as the norm."""

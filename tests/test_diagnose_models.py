@@ -357,7 +357,7 @@ def test_the_clean_report_is_short() -> None:
     # The tolerance lines carry their scope, and where to turn for other data.
     scope = " ".join(text.split("tolerance (float16)")[1].split("details:")[0].split())
     assert "valid for rows with |mean| <= 16 std, |y| <= 5, |weight| <= 1" in scope
-    assert "layer_norm_atol(x, expected, weight)" in scope
+    assert "layer_norm_atol(x, expected, weight, bias)" in scope
     assert len(lines) <= 10 and "measured in chapters 3 and 4" not in text
     assert max(len(line) for line in lines) <= 88
     details = " ".join(diagnose.check(F.layer_norm).details().split())

@@ -50,7 +50,7 @@ def tolerance_scope(norm: str = "layer") -> str:
     return (
         f"valid for rows with |mean| <= {TOLERANCE_MEAN_STDS:g} std, "
         f"|y| <= {TOLERANCE_MAX_OUTPUT:g}, |weight| <= {TOLERANCE_MAX_WEIGHT:g}; other data: "
-        "chapter 3's layer_norm_atol(x, expected, weight)"
+        "chapter 3's layer_norm_atol(x, expected, weight, bias)"
     )
 
 

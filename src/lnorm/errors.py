@@ -182,8 +182,9 @@ def assert_close_normwise(actual: object, expected: object, max_eps_units: float
 
     A normwise tolerance scales with the largest output, so outputs near zero get the
     same absolute allowance as the rest. The default ``4`` is twice the envelope measured
-    for float32 LayerNorm by the book's algorithm (2 eps x max|y|, chapters 3 and 4): a
-    measured envelope, not a derived bound; the derived first-order bound,
+    for float32 LayerNorm by the book's algorithm (2 eps x max|y|, chapters 3 and 4, on
+    Gaussian rows; a row with a huge outlier can exceed it): a measured envelope, not a
+    derived bound; the derived first-order bound,
     :func:`lnorm.bounds.layer_norm_forward`, is ``(5s + 25)/4`` for sums of growth ``s``.
     """
     measured = eps_units(actual, expected)
